@@ -1,0 +1,43 @@
+//! Unpadded base64 as the Matrix spec uses it: standard alphabet, no `=` on
+//! output; input accepted with or without padding (appendix "Unpadded Base64").
+
+use base64::Engine;
+use base64::alphabet::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+const ENCODER: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new().with_encode_padding(false),
+);
+
+// Lenient like Python's decoder: the spec's own test seed carries non-zero
+// trailing bits, and Synapse writes key files that Python decodes this way.
+const DECODER: GeneralPurpose = GeneralPurpose::new(
+    &STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Encodes bytes as unpadded standard base64.
+pub fn encode(bytes: impl AsRef<[u8]>) -> String {
+    ENCODER.encode(bytes)
+}
+
+/// Decodes standard base64, padded or not.
+pub fn decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    DECODER.decode(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_without_padding_and_decodes_either_form() {
+        assert_eq!(encode(b"ab"), "YWI");
+        assert_eq!(decode("YWI").unwrap(), b"ab");
+        assert_eq!(decode("YWI=").unwrap(), b"ab");
+        assert!(decode("Y!WI").is_err());
+    }
+}
