@@ -1,0 +1,246 @@
+//! Remote server keys: fetched from the origin's `/_matrix/key/v2/server`,
+//! checked to be self-signed by the server they name, cached for as long as
+//! they are valid (never longer than seven days, per room v5's rule), and
+//! used to verify X-Matrix requests.
+
+use crate::client::{FederationClient, FederationError};
+use crate::xmatrix::{self, Destination, XMatrix, XMatrixError};
+use hearth_core::canonical_json;
+use hearth_core::ids::ServerName;
+use hearth_core::keys::VerifyKey;
+use hearth_core::signed_json;
+use hearth_core::time::now_ms;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// Servers MUST use the lesser of `valid_until_ts` and seven days ahead.
+pub const MAX_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// A verified Server Keys object.
+#[derive(Debug, Clone)]
+pub struct ServerKeys {
+    pub server_name: ServerName,
+    pub verify_keys: BTreeMap<String, VerifyKey>,
+    /// Key id to (key, `expired_ts`).
+    pub old_verify_keys: BTreeMap<String, (VerifyKey, i64)>,
+    /// As served; see [`ServerKeys::usable_until`] for the capped value.
+    pub valid_until_ts: i64,
+    pub fetched_ts: i64,
+    /// The object exactly as received, signatures included.
+    pub raw: Value,
+}
+
+impl ServerKeys {
+    /// The time until which `verify_keys` may be used.
+    pub fn usable_until(&self) -> i64 {
+        self.valid_until_ts
+            .min(self.fetched_ts.saturating_add(MAX_KEY_VALIDITY_MS))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFetchError {
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    #[error("key response for {server} is invalid: {reason}")]
+    Invalid { server: String, reason: String },
+}
+
+/// Parses a Server Keys object and checks it is signed by `expected` with
+/// one of its own `verify_keys`.
+pub fn verify_server_keys(
+    raw: Value,
+    expected: &ServerName,
+    fetched_ts: i64,
+) -> Result<ServerKeys, KeyFetchError> {
+    let invalid = |reason: String| KeyFetchError::Invalid {
+        server: expected.to_string(),
+        reason,
+    };
+    // Floats or duplicate keys cannot be canonical, so the signature could
+    // not have been made over what we see.
+    canonical_json::to_string(&raw).map_err(|e| invalid(e.to_string()))?;
+    let server_name = raw
+        .get("server_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("no server_name".to_owned()))?;
+    if server_name != expected.as_str() {
+        return Err(invalid(format!("it names {server_name:?}")));
+    }
+    let valid_until_ts = raw
+        .get("valid_until_ts")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| invalid("no valid_until_ts".to_owned()))?;
+    let parse_key = |id: &str, entry: &Value| {
+        entry
+            .get("key")
+            .and_then(Value::as_str)
+            .and_then(|k| VerifyKey::from_base64(k).ok())
+            .ok_or_else(|| invalid(format!("key {id} is not an ed25519 key")))
+    };
+    let mut verify_keys = BTreeMap::new();
+    for (id, entry) in raw
+        .get("verify_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid("no verify_keys".to_owned()))?
+    {
+        if id.starts_with("ed25519:") {
+            verify_keys.insert(id.clone(), parse_key(id, entry)?);
+        }
+    }
+    let mut old_verify_keys = BTreeMap::new();
+    if let Some(old) = raw.get("old_verify_keys").and_then(Value::as_object) {
+        for (id, entry) in old {
+            if id.starts_with("ed25519:") {
+                let expired_ts = entry
+                    .get("expired_ts")
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| invalid(format!("old key {id} has no expired_ts")))?;
+                old_verify_keys.insert(id.clone(), (parse_key(id, entry)?, expired_ts));
+            }
+        }
+    }
+    signed_json::verify_json(
+        &raw,
+        expected.as_str(),
+        verify_keys.iter().map(|(id, k)| (id.as_str(), k)),
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    Ok(ServerKeys {
+        server_name: expected.clone(),
+        verify_keys,
+        old_verify_keys,
+        valid_until_ts,
+        fetched_ts,
+        raw,
+    })
+}
+
+/// Fetches and caches other servers' keys. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    client: FederationClient,
+    cache: Arc<Mutex<HashMap<ServerName, Arc<ServerKeys>>>>,
+}
+
+impl KeyStore {
+    pub fn new(client: FederationClient) -> Self {
+        Self {
+            client,
+            cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// `server`'s keys, usable until at least `minimum_valid_until_ts`:
+    /// from the cache when it has such, else straight from the origin.
+    pub async fn server_keys(
+        &self,
+        server: &ServerName,
+        minimum_valid_until_ts: i64,
+    ) -> Result<Arc<ServerKeys>, KeyFetchError> {
+        if let Some(keys) = self.cached(server) {
+            if keys.usable_until() >= minimum_valid_until_ts {
+                return Ok(keys);
+            }
+        }
+        let fetched_ts = now_ms();
+        let raw = self
+            .client
+            .get_json(server, "/_matrix/key/v2/server")
+            .await?;
+        let keys = Arc::new(verify_server_keys(raw, server, fetched_ts)?);
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.clone(), keys.clone());
+        Ok(keys)
+    }
+
+    fn cached(&self, server: &ServerName) -> Option<Arc<ServerKeys>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server)
+            .cloned()
+    }
+
+    /// Verifies an X-Matrix request meant for `ours` and returns its origin.
+    /// The signing key must be one of the origin's current keys, valid now.
+    pub async fn verify_request(
+        &self,
+        authorization: &str,
+        method: &str,
+        uri: &str,
+        content: Option<&Value>,
+        ours: &Destination,
+    ) -> Result<ServerName, XMatrixError> {
+        let header = XMatrix::parse(authorization)?;
+        xmatrix::check_destination(&header, ours)?;
+        let keys = self
+            .server_keys(&header.origin, now_ms())
+            .await
+            .map_err(|e| XMatrixError::Signature(e.to_string()))?;
+        let key = keys.verify_keys.get(&header.key).ok_or_else(|| {
+            XMatrixError::Signature(format!("{} has no current key {}", header.origin, header.key))
+        })?;
+        let mut json = xmatrix::request_json(method, uri, &header.origin, ours, content);
+        json["signatures"] = serde_json::json!({ header.origin.as_str(): { header.key.as_str(): header.sig } });
+        signed_json::verify_json(&json, header.origin.as_str(), [(header.key.as_str(), key)])
+            .map_err(|e| XMatrixError::Signature(e.to_string()))?;
+        Ok(header.origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_core::keys::SigningKey;
+    use serde_json::json;
+
+    fn keys_object(key: &SigningKey, name: &str, valid_until_ts: i64) -> Value {
+        let mut raw = json!({
+            "server_name": name,
+            "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
+            "old_verify_keys": { "ed25519:old": { "key": key.public_key_base64(), "expired_ts": 5 } },
+            "valid_until_ts": valid_until_ts,
+        });
+        signed_json::sign_json(&mut raw, name, key).unwrap();
+        raw
+    }
+
+    #[test]
+    fn accepts_self_signed_keys_and_caps_validity_at_seven_days() {
+        let key = SigningKey::generate().unwrap();
+        let name = ServerName::parse("hs.example").unwrap();
+        let keys = verify_server_keys(keys_object(&key, "hs.example", canonical_json::MAX_SAFE_INTEGER), &name, 1_000).unwrap();
+        assert_eq!(keys.verify_keys.len(), 1);
+        assert_eq!(keys.old_verify_keys["ed25519:old"].1, 5);
+        assert_eq!(keys.usable_until(), 1_000 + MAX_KEY_VALIDITY_MS);
+        let short = verify_server_keys(keys_object(&key, "hs.example", 2_000), &name, 1_000).unwrap();
+        assert_eq!(short.usable_until(), 2_000);
+    }
+
+    #[test]
+    fn rejects_keys_for_another_server_unsigned_or_tampered() {
+        let key = SigningKey::generate().unwrap();
+        let name = ServerName::parse("hs.example").unwrap();
+        let other = keys_object(&key, "evil.example", 10);
+        assert!(verify_server_keys(other, &name, 0).is_err());
+
+        let mut unsigned = keys_object(&key, "hs.example", 10);
+        unsigned.as_object_mut().unwrap().remove("signatures");
+        assert!(verify_server_keys(unsigned, &name, 0).is_err());
+
+        let mut tampered = keys_object(&key, "hs.example", 10);
+        tampered["valid_until_ts"] = json!(11);
+        assert!(verify_server_keys(tampered, &name, 0).is_err());
+
+        // Signed by a key that is not among its own verify_keys.
+        let stranger = SigningKey::generate().unwrap();
+        let mut foreign = keys_object(&key, "hs.example", 10);
+        foreign.as_object_mut().unwrap().remove("signatures");
+        signed_json::sign_json(&mut foreign, "hs.example", &stranger).unwrap();
+        assert!(verify_server_keys(foreign, &name, 0).is_err());
+    }
+}
