@@ -16,4 +16,5 @@ pub mod storage;
 pub mod time;
 
 pub use error::{ErrCode, MatrixError};
+pub use http::Json;
 pub use redact::Redacted;

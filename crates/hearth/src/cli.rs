@@ -1,0 +1,126 @@
+//! Subcommands. Each loads the same config; service commands run one
+//! service alone on the shared listeners.
+
+use crate::config::{Config, EXAMPLE};
+use crate::{health, keys, serve};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Hearth: the identity server, integration manager, key notary and
+/// TURN server a Matrix homeserver needs, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Config file (TOML). Without one, Hearth runs on embedded defaults.
+    #[arg(long, short, global = true, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every enabled service.
+    Serve,
+    /// Run only the identity service.
+    Identity,
+    /// Run only the integration manager.
+    Integrations,
+    /// Run only the key notary.
+    Notary,
+    /// Run only the TURN/STUN server.
+    Turn,
+    /// Inspect and validate configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Apply database migrations, then exit.
+    Migrate,
+    /// Manage the server's ed25519 signing keys (Synapse `signing.key` format).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Probe the admin listener's /health; exit 0 when healthy, 1 when not.
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the example config, with every key documented.
+    Example,
+    /// Validate a config (FILE, else --config) without starting anything.
+    Check { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key; the current one is kept as an old verify key.
+    Generate,
+    /// Show the current and old public keys.
+    Show,
+    /// Use the key(s) from a Synapse-format key file; current ones are retired.
+    Import { file: PathBuf },
+    /// Print the current signing key file (secret!) in Synapse's format.
+    Export,
+}
+
+/// Which services a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Only {
+    All,
+    Identity,
+    Integrations,
+    Notary,
+    Turn,
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config_path = cli.config;
+    let load = |path: Option<&PathBuf>| Config::load(path.map(PathBuf::as_path));
+    let only = match cli.command {
+        Command::Serve => Only::All,
+        Command::Identity => Only::Identity,
+        Command::Integrations => Only::Integrations,
+        Command::Notary => Only::Notary,
+        Command::Turn => Only::Turn,
+        Command::Config(ConfigCommand::Example) => {
+            std::io::stdout().write_all(EXAMPLE.as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let path = file.or(config_path);
+            let config = load(path.as_ref())?;
+            serve::check(&config)?;
+            let name = path.map_or_else(|| "embedded defaults".to_owned(), |p| p.display().to_string());
+            writeln!(std::io::stdout(), "config OK: {name}")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Migrate => {
+            let config = load(config_path.as_ref())?;
+            let db = serve::open_database(&config).await?;
+            db.close().await;
+            writeln!(std::io::stdout(), "database is up to date")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Keys(command) => {
+            let config = load(config_path.as_ref())?;
+            let mut out = std::io::stdout();
+            match command {
+                KeysCommand::Generate => keys::generate(&config, &mut out).await?,
+                KeysCommand::Show => keys::show(&config, &mut out).await?,
+                KeysCommand::Import { file } => keys::import(&config, &file, &mut out).await?,
+                KeysCommand::Export => keys::export(&config, &mut out)?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Health => {
+            let config = load(config_path.as_ref())?;
+            return Ok(health::probe(&config).await);
+        }
+    };
+    let config = load(config_path.as_ref()).context("loading the config")?;
+    crate::logging::init(&config.log)?;
+    serve::run(config, only).await?;
+    Ok(ExitCode::SUCCESS)
+}
