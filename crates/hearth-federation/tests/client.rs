@@ -1,0 +1,880 @@
+//! The federation client against real servers in this process: TLS servers
+//! on 127.0.0.1 with certificates from a throwaway CA, and a fake DNS that
+//! sends test names there. Nothing leaves the machine.
+//!
+//! `.well-known` delegation needs a server on port 443 and is not covered
+//! here; the resolution rules are unit-tested in `resolve.rs`.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream;
+use hearth_core::config::{ByteSize, Duration as ConfigDuration};
+use hearth_core::http::{Listener, TlsFiles, load_tls, serve};
+use hearth_core::ids::ServerName;
+use hearth_core::keys::{KeyVersion, SigningKey};
+use hearth_core::signed_json::sign_json;
+use hearth_core::time::now_ms;
+use hearth_federation::client::Origin;
+use hearth_federation::config::ServerOverride;
+use hearth_federation::connect::{ConnectError, Dns, SrvTarget};
+use hearth_federation::keys::KeyFetchError;
+use hearth_federation::xmatrix::{Destination, XMatrixError, sign_request};
+use hearth_federation::{
+    BoxFuture, FederationClient, FederationConfig, FederationError, KeyStore,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------------------
+// Helpers: CA, servers, DNS, clients.
+
+/// A throwaway CA; its certificate is `ca.pem` in a temporary directory.
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Hearth test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        Self {
+            issuer: Issuer::new(params, key),
+            dir,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A TLS listener on `tcp` whose leaf certificate, signed by this CA,
+    /// is valid for `cert_name` only (a DNS name or an IP address).
+    fn listener(&self, tcp: TcpListener, cert_name: &str) -> Listener {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![cert_name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let files = TlsFiles {
+            certificate: self.dir.path().join(format!("{cert_name}.crt")),
+            private_key: self.dir.path().join(format!("{cert_name}.key")),
+        };
+        std::fs::write(&files.certificate, cert.pem()).unwrap();
+        std::fs::write(&files.private_key, key.serialize_pem()).unwrap();
+        Listener {
+            tcp,
+            tls: Some(load_tls(&files).unwrap()),
+        }
+    }
+}
+
+/// A listening socket on 127.0.0.1 and its port, for servers that must know
+/// their own server name before they start.
+async fn bind() -> (TcpListener, u16) {
+    let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    (tcp, port)
+}
+
+fn spawn(listener: Listener, router: Router) {
+    tokio::spawn(serve(listener, router, std::future::pending::<()>()));
+}
+
+/// Serves `router` over TLS with a certificate for `cert_name`; the port.
+async fn tls_server(ca: &TestCa, cert_name: &str, router: Router) -> u16 {
+    let (tcp, port) = bind().await;
+    spawn(ca.listener(tcp, cert_name), router);
+    port
+}
+
+/// Serves `router` over plain HTTP; the port.
+async fn plain_server(router: Router) -> u16 {
+    let (tcp, port) = bind().await;
+    spawn(Listener { tcp, tls: None }, router);
+    port
+}
+
+/// Maps every known name to 127.0.0.1, has no SRV records, and remembers
+/// which names were looked up.
+#[derive(Default)]
+struct FakeDns {
+    hosts: Vec<String>,
+    asked: Mutex<Vec<String>>,
+}
+
+fn fake_dns(hosts: &[&str]) -> Arc<FakeDns> {
+    Arc::new(FakeDns {
+        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        asked: Mutex::default(),
+    })
+}
+
+impl FakeDns {
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Dns for FakeDns {
+    fn srv(&self, name: &str) -> BoxFuture<'_, io::Result<Vec<SrvTarget>>> {
+        self.asked.lock().unwrap().push(format!("SRV {name}"));
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn ip(&self, host: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
+        self.asked.lock().unwrap().push(host.to_owned());
+        let known = self.hosts.iter().any(|h| h == host);
+        Box::pin(async move {
+            if known {
+                Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            } else {
+                Err(io::Error::new(io::ErrorKind::NotFound, "NXDOMAIN"))
+            }
+        })
+    }
+}
+
+fn config(ca: Option<&TestCa>, allow_private_addresses: bool) -> FederationConfig {
+    FederationConfig {
+        ca_file: ca.map(TestCa::path),
+        allow_private_addresses,
+        ..FederationConfig::default()
+    }
+}
+
+fn name(s: &str) -> ServerName {
+    ServerName::parse(s).unwrap()
+}
+
+fn signing_key(version: &str, seed: u8) -> SigningKey {
+    SigningKey::from_seed(KeyVersion::parse(version).unwrap(), [seed; 32])
+}
+
+fn client_as(config: &FederationConfig, dns: &Arc<FakeDns>, origin: Option<Origin>) -> FederationClient {
+    FederationClient::new(config, dns.clone(), origin).unwrap()
+}
+
+fn client(config: &FederationConfig, dns: &Arc<FakeDns>) -> FederationClient {
+    let origin = Origin {
+        server_name: name("client.test"),
+        key: signing_key("client", 1),
+    };
+    client_as(config, dns, Some(origin))
+}
+
+/// The connection-level error inside a federation error.
+fn connect_error(result: Result<Value, FederationError>) -> ConnectError {
+    match result {
+        Err(FederationError::Connect { source, .. }) => source,
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+}
+
+/// The rustls error behind a TLS failure.
+fn tls_cause(error: &ConnectError) -> &rustls::Error {
+    match error {
+        ConnectError::Tls { source, .. } => source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .unwrap_or_else(|| panic!("not a rustls error: {source:?}")),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+/// Answers any request with what it saw: method, request target, `Host`.
+fn echo_router() -> Router {
+    async fn echo(method: Method, OriginalUri(uri): OriginalUri, headers: HeaderMap) -> Response {
+        let host = headers
+            .get(http::header::HOST)
+            .map(|h| h.to_str().unwrap().to_owned());
+        axum::Json(json!({"method": method.as_str(), "uri": uri.to_string(), "host": host}))
+            .into_response()
+    }
+    Router::new().fallback(any(echo))
+}
+
+// ---------------------------------------------------------------------------
+// TLS, Host and addresses.
+
+/// Server-Server API, "Resolving server names" step 2 (explicit port: no
+/// lookup but the hostname's address, `Host` is `hostname:port`) and "TLS"
+/// (the certificate must be valid for the hostname, trusted through an
+/// extra CA file).
+#[tokio::test]
+async fn explicit_port_sends_host_with_port_over_verified_tls() {
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "hs.test", echo_router()).await;
+    let dns = fake_dns(&["hs.test"]);
+    let client = client(&config(Some(&ca), true), &dns);
+
+    let server = name(&format!("hs.test:{port}"));
+    let answer = client
+        .get_json(&server, "/_matrix/federation/v1/version?x=1")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        json!({
+            "method": "GET",
+            "uri": "/_matrix/federation/v1/version?x=1",
+            "host": format!("hs.test:{port}"),
+        })
+    );
+    // An explicit port means no SRV lookup, only the address of the host.
+    assert_eq!(dns.asked(), vec!["hs.test".to_owned()]);
+}
+
+/// Server-Server API, "TLS": the certificate must be valid for the server's
+/// hostname; one for another name (same trusted CA) is refused.
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "other.test", echo_router()).await;
+    let dns = fake_dns(&["hs.test"]);
+    let client = client(&config(Some(&ca), true), &dns);
+
+    let error = connect_error(client.get_json(&name(&format!("hs.test:{port}")), "/").await);
+    assert!(
+        matches!(
+            tls_cause(&error),
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. }
+            )
+        ),
+        "{error:?}"
+    );
+}
+
+/// Server-Server API, "TLS": for an IP literal server name the certificate
+/// is checked against its IP address entries.
+#[tokio::test]
+async fn an_ip_literal_is_checked_against_the_certificate_ip() {
+    let ca = TestCa::new();
+    let good = tls_server(&ca, "127.0.0.1", echo_router()).await;
+    let bad = tls_server(&ca, "hs.test", echo_router()).await;
+    let dns = fake_dns(&[]);
+    let client = client(&config(Some(&ca), true), &dns);
+
+    let answer = client
+        .get_json(&name(&format!("127.0.0.1:{good}")), "/")
+        .await
+        .unwrap();
+    assert_eq!(answer["host"], format!("127.0.0.1:{good}"));
+
+    let error = connect_error(client.get_json(&name(&format!("127.0.0.1:{bad}")), "/").await);
+    assert!(
+        matches!(tls_cause(&error), rustls::Error::InvalidCertificate(_)),
+        "{error:?}"
+    );
+    assert!(dns.asked().is_empty(), "IP literals need no DNS: {:?}", dns.asked());
+}
+
+/// Server-Server API, "TLS": only trusted CAs; the test CA is trusted only
+/// through `federation.ca_file`.
+#[tokio::test]
+async fn without_ca_file_the_test_ca_is_not_trusted() {
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "hs.test", echo_router()).await;
+    let dns = fake_dns(&["hs.test"]);
+    let client = client(&config(None, true), &dns);
+
+    let error = connect_error(client.get_json(&name(&format!("hs.test:{port}")), "/").await);
+    assert!(
+        matches!(
+            tls_cause(&error),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        ),
+        "{error:?}"
+    );
+}
+
+/// Hearth's private-address guard (outside the spec, against SSRF): with
+/// `allow_private_addresses = false`, loopback is refused however it is
+/// spelled (a DNS answer, an IPv4 literal, an IPv4-mapped IPv6 literal),
+/// before any connection is made.
+#[tokio::test]
+async fn private_addresses_are_refused_without_connecting() {
+    let ca = TestCa::new();
+    let (spy, port) = bind().await;
+    let dns = fake_dns(&["hs.test"]);
+
+    // Allowed, the client does reach the socket (which then hangs up).
+    let allowed = client(&config(Some(&ca), true), &dns);
+    let server = name(&format!("hs.test:{port}"));
+    let (result, accepted) = tokio::join!(
+        allowed.get_json(&server, "/"),
+        async { spy.accept().await.unwrap() }
+    );
+    drop(accepted);
+    assert!(matches!(connect_error(result), ConnectError::Tls { .. }));
+
+    let refused = client(&config(Some(&ca), false), &dns);
+    for server in [
+        format!("hs.test:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+    ] {
+        let error = connect_error(refused.get_json(&name(&server), "/").await);
+        assert!(
+            matches!(&error, ConnectError::ForbiddenAddress(host) if *host == server),
+            "{server}: {error:?}"
+        );
+        // Had the client connected, its connection would be queued before
+        // this probe's.
+        let probe = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+        let (_, peer) = spy.accept().await.unwrap();
+        assert_eq!(peer, probe.local_addr().unwrap(), "{server} was dialled");
+    }
+}
+
+/// `federation.overrides` (for private federations and tests): the named
+/// URL is used as is, even on loopback with the guard on, over plain HTTP,
+/// and `Host` is still the server name. It opens no other way in.
+#[tokio::test]
+async fn a_plain_http_override_is_reached_with_the_server_name_as_host() {
+    let port = plain_server(echo_router()).await;
+    let dns = fake_dns(&["localhost"]);
+    let mut config = config(None, false);
+    config.overrides.insert(
+        "localhost:8008".to_owned(),
+        ServerOverride {
+            url: format!("http://127.0.0.1:{port}"),
+        },
+    );
+    let client = client(&config, &dns);
+
+    let answer = client
+        .get_json(&name("localhost:8008"), "/_matrix/key/v2/server")
+        .await
+        .unwrap();
+    assert_eq!(answer["host"], "localhost:8008");
+    assert_eq!(answer["uri"], "/_matrix/key/v2/server");
+    assert!(dns.asked().is_empty(), "{:?}", dns.asked());
+
+    // The same address under another name is still refused.
+    let error = connect_error(client.get_json(&name(&format!("127.0.0.1:{port}")), "/").await);
+    assert!(matches!(error, ConnectError::ForbiddenAddress(_)), "{error:?}");
+}
+
+/// `federation.overrides` with `https`: the certificate must still be valid
+/// for the server name ("TLS"), not for the override's address.
+#[tokio::test]
+async fn an_https_override_checks_the_certificate_for_the_server_name() {
+    let ca = TestCa::new();
+    let good = tls_server(&ca, "hs.test", echo_router()).await;
+    let bad = tls_server(&ca, "127.0.0.1", echo_router()).await;
+    let dns = fake_dns(&[]);
+    let mut config = config(Some(&ca), false);
+    for (server, port) in [("hs.test", good), ("bad.test", bad)] {
+        config.overrides.insert(
+            server.to_owned(),
+            ServerOverride {
+                url: format!("https://127.0.0.1:{port}"),
+            },
+        );
+    }
+    let client = client(&config, &dns);
+
+    let answer = client.get_json(&name("hs.test"), "/").await.unwrap();
+    assert_eq!(answer["host"], "hs.test");
+
+    let error = connect_error(client.get_json(&name("bad.test"), "/").await);
+    assert!(
+        matches!(tls_cause(&error), rustls::Error::InvalidCertificate(_)),
+        "{error:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Limits and errors.
+
+/// A JSON string of exactly `len` bytes.
+fn json_of_len(len: usize) -> Vec<u8> {
+    let mut body = vec![b'a'; len];
+    body[0] = b'"';
+    body[len - 1] = b'"';
+    body
+}
+
+/// `max_response_size`: bodies over the limit are refused whether announced
+/// by `Content-Length` or streamed chunked (even endless); at the limit is fine.
+#[tokio::test]
+async fn responses_over_max_response_size_are_refused() {
+    const LIMIT: usize = 1024;
+    let router = Router::new()
+        .route("/fixed/{len}", get(|Path(len): Path<usize>| async move { json_of_len(len) }))
+        .route(
+            "/chunked/{len}",
+            get(|Path(len): Path<usize>| async move {
+                let chunks: Vec<io::Result<Vec<u8>>> =
+                    json_of_len(len).chunks(100).map(|c| Ok(c.to_vec())).collect();
+                Body::from_stream(stream::iter(chunks))
+            }),
+        )
+        .route(
+            "/endless",
+            get(|| async {
+                Body::from_stream(stream::repeat_with(|| {
+                    io::Result::Ok(Bytes::from_static(&[b' '; 512]))
+                }))
+            }),
+        );
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "hs.test", router).await;
+    let dns = fake_dns(&["hs.test"]);
+    let mut config = config(Some(&ca), true);
+    config.max_response_size = ByteSize(LIMIT);
+    let client = client(&config, &dns);
+    let server = name(&format!("hs.test:{port}"));
+
+    for kind in ["fixed", "chunked"] {
+        let at_limit = client
+            .get_json(&server, &format!("/{kind}/{LIMIT}"))
+            .await
+            .unwrap();
+        assert_eq!(at_limit.as_str().map(str::len), Some(LIMIT - 2), "{kind}");
+
+        let over = client.get_json(&server, &format!("/{kind}/{}", LIMIT + 1)).await;
+        assert!(
+            matches!(connect_error(over), ConnectError::TooLarge(LIMIT)),
+            "{kind}"
+        );
+    }
+    let endless = client.get_json(&server, "/endless").await;
+    assert!(matches!(connect_error(endless), ConnectError::TooLarge(LIMIT)));
+}
+
+/// `request_timeout` bounds the whole exchange: a server slow to answer,
+/// and one that sends headers then stalls in the body, both time out
+/// promptly.
+#[tokio::test]
+async fn slow_servers_time_out_promptly() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let router = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "{}"
+            }),
+        )
+        .route(
+            "/stall",
+            get(|| async {
+                let first = stream::once(async { io::Result::Ok(Bytes::from_static(b"{")) });
+                Body::from_stream(first.chain(stream::pending()))
+            }),
+        );
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "hs.test", router).await;
+    let dns = fake_dns(&["hs.test"]);
+    let mut config = config(Some(&ca), true);
+    config.request_timeout = ConfigDuration(TIMEOUT);
+    let client = client(&config, &dns);
+    let server = name(&format!("hs.test:{port}"));
+
+    for path in ["/slow", "/stall"] {
+        let started = Instant::now();
+        let result = client.get_json(&server, path).await;
+        let elapsed = started.elapsed();
+        assert!(matches!(connect_error(result), ConnectError::Timeout), "{path}");
+        assert!(
+            elapsed >= TIMEOUT && elapsed < Duration::from_secs(3),
+            "{path} took {elapsed:?}"
+        );
+    }
+}
+
+/// Server-Server API, "API standards": errors are non-2xx with a Matrix
+/// error body, which the caller gets with the status; a 2xx that is not
+/// JSON is an error too.
+#[tokio::test]
+async fn error_statuses_carry_the_matrix_error_body() {
+    let router = Router::new()
+        .route(
+            "/missing",
+            get(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"errcode": "M_NOT_FOUND", "error": "No such room"})),
+                )
+            }),
+        )
+        .route("/gateway", get(|| async { (StatusCode::BAD_GATEWAY, "<html>oops</html>") }))
+        .route("/text", get(|| async { "hello" }));
+    let ca = TestCa::new();
+    let port = tls_server(&ca, "hs.test", router).await;
+    let dns = fake_dns(&["hs.test"]);
+    let client = client(&config(Some(&ca), true), &dns);
+    let server = name(&format!("hs.test:{port}"));
+
+    match client.get_json(&server, "/missing").await {
+        Err(FederationError::Status {
+            server: s,
+            status,
+            body,
+        }) => {
+            assert_eq!(s, server.as_str());
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(body, json!({"errcode": "M_NOT_FOUND", "error": "No such room"}));
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.get_json(&server, "/gateway").await {
+        Err(FederationError::Status { status, body, .. }) => {
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert_eq!(body, Value::Null);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client.get_json(&server, "/text").await,
+        Err(FederationError::NotJson { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Server keys and X-Matrix.
+
+/// A Server Keys object for `server` listing `listed`, signed by `signer`.
+fn keys_object(server: &str, listed: &SigningKey, signer: &SigningKey, valid_until_ts: i64) -> Value {
+    let mut keys = json!({
+        "server_name": server,
+        "verify_keys": { listed.key_id(): { "key": listed.public_key_base64() } },
+        "old_verify_keys": {},
+        "valid_until_ts": valid_until_ts,
+    });
+    sign_json(&mut keys, server, signer).unwrap();
+    keys
+}
+
+fn an_hour_from_now() -> i64 {
+    now_ms() + 3_600_000
+}
+
+/// Serves `/_matrix/key/v2/server` with whatever object is published,
+/// counting fetches.
+#[derive(Clone, Default)]
+struct KeyServer {
+    published: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl KeyServer {
+    fn router(&self) -> Router {
+        async fn server_keys(State(s): State<KeyServer>) -> axum::Json<Value> {
+            s.fetches.fetch_add(1, Ordering::SeqCst);
+            axum::Json(s.published.lock().unwrap().clone())
+        }
+        Router::new()
+            .route("/_matrix/key/v2/server", get(server_keys))
+            .with_state(self.clone())
+    }
+
+    fn publish(&self, keys: Value) {
+        *self.published.lock().unwrap() = keys;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts a key server for `<host>:<port>` over TLS, publishing keys listing
+/// `listed` signed by `signer`; its server name and handle.
+async fn key_server(
+    ca: &TestCa,
+    host: &str,
+    listed: &SigningKey,
+    signer: &SigningKey,
+) -> (ServerName, KeyServer) {
+    let (tcp, port) = bind().await;
+    let server = name(&format!("{host}:{port}"));
+    let keys = KeyServer::default();
+    keys.publish(keys_object(server.as_str(), listed, signer, an_hour_from_now()));
+    spawn(ca.listener(tcp, host), keys.router());
+    (server, keys)
+}
+
+/// A key store that reaches the test servers.
+fn key_store(ca: &TestCa, hosts: &[&str]) -> KeyStore {
+    KeyStore::new(client(&config(Some(ca), true), &fake_dns(hosts)))
+}
+
+/// Server-Server API, "Retrieving server keys" (`GET /_matrix/key/v2/server`):
+/// the object is self-signed by a key it lists, and is cached while valid.
+#[tokio::test]
+async fn server_keys_are_fetched_verified_and_cached() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
+    let store = key_store(&ca, &["origin.test"]);
+
+    let keys = store.server_keys(&origin, now_ms()).await.unwrap();
+    assert_eq!(keys.server_name, origin);
+    assert_eq!(
+        keys.verify_keys.keys().collect::<Vec<_>>(),
+        vec!["ed25519:k1"]
+    );
+    assert_eq!(
+        keys.verify_keys["ed25519:k1"].to_base64(),
+        key.public_key_base64()
+    );
+    let again = store.server_keys(&origin, now_ms()).await.unwrap();
+    assert!(Arc::ptr_eq(&keys, &again));
+    assert_eq!(server.fetches(), 1);
+}
+
+/// Server-Server API, "Retrieving server keys": an object not signed by one
+/// of its own keys, or naming another server, is refused.
+#[tokio::test]
+async fn server_keys_not_self_signed_are_refused() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let store = key_store(&ca, &["evil.test"]);
+
+    // Signed by a stranger's key, under its own id and under ours.
+    for signer in [signing_key("other", 8), signing_key("k1", 8)] {
+        let (evil, _) = key_server(&ca, "evil.test", &key, &signer).await;
+        let result = store.server_keys(&evil, now_ms()).await;
+        assert!(
+            matches!(&result, Err(KeyFetchError::Invalid { server, .. }) if *server == evil.as_str()),
+            "{result:?}"
+        );
+    }
+
+    let (evil, server) = key_server(&ca, "evil.test", &key, &key).await;
+    server.publish(keys_object("origin.test", &key, &key, an_hour_from_now()));
+    let result = store.server_keys(&evil, now_ms()).await;
+    assert!(matches!(result, Err(KeyFetchError::Invalid { .. })), "{result:?}");
+}
+
+/// Server-Server API, "Request Authentication": an X-Matrix header made by
+/// `sign_request` verifies for a homeserver (`destination`) and an identity
+/// server (`destination_is`), with and without a body.
+#[tokio::test]
+async fn x_matrix_requests_verify_against_fetched_keys() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
+    let store = key_store(&ca, &["origin.test"]);
+    let content = json!({"mxid": "@alice:origin.test", "threepid": {"medium": "email", "address": "a@b.c"}});
+
+    for ours in [
+        Destination::Server(name("dest.test")),
+        Destination::IdentityServer(name("is.test")),
+    ] {
+        for (method, uri, content) in [
+            ("POST", "/_matrix/identity/v2/3pid/unbind", Some(&content)),
+            ("GET", "/_matrix/federation/v1/query/profile?user_id=%40a%3Ab", None),
+        ] {
+            let header = sign_request(&key, &origin, &ours, method, uri, content).unwrap();
+            let verified = store
+                .verify_request(&header, method, uri, content, &ours)
+                .await;
+            assert_eq!(verified, Ok(origin.clone()), "{ours:?} {method} {uri}");
+        }
+    }
+    assert_eq!(server.fetches(), 1, "keys are fetched once and cached");
+}
+
+/// Server-Server API, "Request Authentication": the signature covers method,
+/// URI, body and destination; a header for another destination, or made with
+/// a key the origin does not publish, is refused.
+#[tokio::test]
+async fn x_matrix_requests_that_do_not_match_are_refused() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, _server) = key_server(&ca, "origin.test", &key, &key).await;
+    let store = key_store(&ca, &["origin.test"]);
+    let uri = "/_matrix/federation/v1/send/txn1";
+    let content = json!({"pdus": [], "edus": []});
+    let dest = Destination::Server(name("dest.test"));
+    let is = Destination::IdentityServer(name("is.test"));
+    let header = sign_request(&key, &origin, &dest, "PUT", uri, Some(&content)).unwrap();
+    let is_header = sign_request(&key, &origin, &is, "POST", uri, Some(&content)).unwrap();
+
+    let signature_error = |result: Result<ServerName, XMatrixError>| {
+        assert!(matches!(result, Err(XMatrixError::Signature(_))), "{result:?}");
+    };
+    // A tampered body, method or URI.
+    let tampered = json!({"pdus": [], "edus": [{"edu_type": "m.typing"}]});
+    signature_error(store.verify_request(&header, "PUT", uri, Some(&tampered), &dest).await);
+    signature_error(store.verify_request(&header, "PUT", uri, None, &dest).await);
+    signature_error(store.verify_request(&header, "POST", uri, Some(&content), &dest).await);
+    signature_error(
+        store
+            .verify_request(&header, "PUT", "/_matrix/federation/v1/send/txn2", Some(&content), &dest)
+            .await,
+    );
+    // Another destination: named in the header, or only in the signed JSON.
+    let elsewhere = Destination::Server(name("elsewhere.test"));
+    assert_eq!(
+        store.verify_request(&header, "PUT", uri, Some(&content), &elsewhere).await,
+        Err(XMatrixError::WrongDestination("dest.test".to_owned()))
+    );
+    let other_is = Destination::IdentityServer(name("other-is.test"));
+    signature_error(store.verify_request(&is_header, "POST", uri, Some(&content), &other_is).await);
+    // A homeserver signature is not an identity server one.
+    signature_error(
+        store
+            .verify_request(&header, "PUT", uri, Some(&content), &Destination::IdentityServer(name("dest.test")))
+            .await,
+    );
+    // A key id the origin does not publish, and our key id with another key.
+    for wrong in [signing_key("k2", 7), signing_key("k1", 9)] {
+        let forged = sign_request(&wrong, &origin, &dest, "PUT", uri, Some(&content)).unwrap();
+        signature_error(store.verify_request(&forged, "PUT", uri, Some(&content), &dest).await);
+    }
+    // And the genuine request still passes.
+    assert_eq!(
+        store.verify_request(&header, "PUT", uri, Some(&content), &dest).await,
+        Ok(origin)
+    );
+}
+
+/// Server-Server API, "Request Authentication" with "Retrieving server
+/// keys": a request from a server whose published keys are not self-signed
+/// is refused even though the header's signature matches the listed key.
+#[tokio::test]
+async fn x_matrix_from_a_server_with_badly_signed_keys_is_refused() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (evil, _) = key_server(&ca, "evil.test", &key, &signing_key("other", 8)).await;
+    let store = key_store(&ca, &["evil.test"]);
+    let dest = Destination::Server(name("dest.test"));
+    let header = sign_request(&key, &evil, &dest, "GET", "/x", None).unwrap();
+
+    let result = store.verify_request(&header, "GET", "/x", None, &dest).await;
+    assert!(matches!(result, Err(XMatrixError::Signature(_))), "{result:?}");
+}
+
+/// What the destination server in the `send_signed` test knows.
+#[derive(Clone)]
+struct Destined {
+    me: ServerName,
+    keys: KeyStore,
+}
+
+/// Verifies the X-Matrix header like a homeserver would, and echoes the
+/// authenticated origin and body.
+async fn authenticated_echo(
+    State(d): State<Destined>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content: Option<Value> = (!body.is_empty()).then(|| serde_json::from_slice(&body).unwrap());
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .map_or("", |v| v.to_str().unwrap());
+    let uri = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let ours = Destination::Server(d.me.clone());
+    match d
+        .keys
+        .verify_request(authorization, method.as_str(), uri, content.as_ref(), &ours)
+        .await
+    {
+        Ok(origin) => axum::Json(json!({"origin": origin.as_str(), "content": content})).into_response(),
+        Err(e) => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"errcode": "M_UNAUTHORIZED", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Server-Server API, "Request Authentication", end to end: one server
+/// (`origin.test`, serving its keys) calls `send_signed` to another
+/// (`dest.test`), which fetches the origin's keys and verifies the header.
+#[tokio::test]
+async fn send_signed_is_verified_by_the_destination() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, key_server) = key_server(&ca, "origin.test", &key, &key).await;
+
+    let (tcp, dest_port) = bind().await;
+    let dest = name(&format!("dest.test:{dest_port}"));
+    let destined = Destined {
+        me: dest.clone(),
+        keys: key_store(&ca, &["origin.test"]),
+    };
+    let router = Router::new()
+        .fallback(any(authenticated_echo))
+        .with_state(destined);
+    spawn(ca.listener(tcp, "dest.test"), router);
+
+    let dns = fake_dns(&["dest.test"]);
+    let config = config(Some(&ca), true);
+    let sender = client_as(
+        &config,
+        &dns,
+        Some(Origin {
+            server_name: origin.clone(),
+            key: key.clone(),
+        }),
+    );
+    let content = json!({"pdus": [], "edus": [], "origin": origin.as_str()});
+    let answer = sender
+        .send_signed(&dest, Method::PUT, "/_matrix/federation/v1/send/t1?a=b", Some(&content))
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"origin": origin.as_str(), "content": content}));
+    let answer = sender
+        .send_signed(&dest, Method::GET, "/_matrix/federation/v1/version", None)
+        .await
+        .unwrap();
+    assert_eq!(answer, json!({"origin": origin.as_str(), "content": null}));
+    assert_eq!(key_server.fetches(), 1);
+
+    // The same origin name with a key it does not publish is refused.
+    let impostor = client_as(
+        &config,
+        &dns,
+        Some(Origin {
+            server_name: origin.clone(),
+            key: signing_key("k1", 9),
+        }),
+    );
+    match impostor
+        .send_signed(&dest, Method::GET, "/_matrix/federation/v1/version", None)
+        .await
+    {
+        Err(FederationError::Status { status, body, .. }) => {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Without a signing key there is nothing to sign with.
+    let anonymous = client_as(&config, &dns, None);
+    assert!(matches!(
+        anonymous.send_signed(&dest, Method::GET, "/", None).await,
+        Err(FederationError::NoSigningKey)
+    ));
+}
