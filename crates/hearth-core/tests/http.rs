@@ -210,7 +210,7 @@ async fn options_preflight_is_answered_without_running_the_handler() {
         let calls = calls.clone();
         move || async move {
             calls.fetch_add(1, Ordering::SeqCst);
-            "ran"
+            axum::Json(json!({"ran": true}))
         }
     };
     let app = public_app(
