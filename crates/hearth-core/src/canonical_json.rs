@@ -123,7 +123,10 @@ fn classify(e: serde_json::Error) -> CanonicalJsonError {
     // Our visitor's custom errors carry a tag so they map back to variants.
     let msg = e.to_string();
     for (tag, make) in [
-        ("duplicate key ", CanonicalJsonError::DuplicateKey as fn(String) -> _),
+        (
+            "duplicate key ",
+            CanonicalJsonError::DuplicateKey as fn(String) -> _,
+        ),
         ("not an integer ", CanonicalJsonError::NotAnInteger),
         ("out of range ", CanonicalJsonError::OutOfRange),
     ] {
@@ -229,7 +232,10 @@ mod tests {
             canon("{\n    \"one\": 1,\n    \"two\": \"Two\"\n}"),
             r#"{"one":1,"two":"Two"}"#
         );
-        assert_eq!(canon("{\n    \"b\": \"2\",\n    \"a\": \"1\"\n}"), r#"{"a":"1","b":"2"}"#);
+        assert_eq!(
+            canon("{\n    \"b\": \"2\",\n    \"a\": \"1\"\n}"),
+            r#"{"a":"1","b":"2"}"#
+        );
         assert_eq!(canon(r#"{"b":"2","a":"1"}"#), r#"{"a":"1","b":"2"}"#);
         assert_eq!(
             canon(
@@ -253,7 +259,10 @@ mod tests {
         assert_eq!(canon(r#"{"本": 2, "日": 1}"#), r#"{"日":1,"本":2}"#);
         assert_eq!(canon(r#"{"a": "\u65E5"}"#), r#"{"a":"日"}"#);
         assert_eq!(canon(r#"{"a": null}"#), r#"{"a":null}"#);
-        assert_eq!(canon(r#"{"a": -0, "b": 1e10}"#), r#"{"a":0,"b":10000000000}"#);
+        assert_eq!(
+            canon(r#"{"a": -0, "b": 1e10}"#),
+            r#"{"a":0,"b":10000000000}"#
+        );
     }
 
     #[test]
@@ -286,18 +295,33 @@ mod tests {
             parse(b"-9007199254740992"),
             Err(CanonicalJsonError::OutOfRange("-9007199254740992".into()))
         );
-        assert!(matches!(parse(b"1e300"), Err(CanonicalJsonError::OutOfRange(_))));
+        assert!(matches!(
+            parse(b"1e300"),
+            Err(CanonicalJsonError::OutOfRange(_))
+        ));
         assert!(parse(b"9007199254740991").is_ok());
         assert!(parse(b"-9007199254740991").is_ok());
-        assert!(matches!(parse(b"{\"a\":1} x"), Err(CanonicalJsonError::Syntax(_))));
-        assert!(matches!(parse(b"{\"a\""), Err(CanonicalJsonError::Syntax(_))));
+        assert!(matches!(
+            parse(b"{\"a\":1} x"),
+            Err(CanonicalJsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse(b"{\"a\""),
+            Err(CanonicalJsonError::Syntax(_))
+        ));
     }
 
     #[test]
     fn refuses_to_encode_values_built_with_floats() {
         let v = serde_json::json!({"a": 0.5});
-        assert_eq!(to_string(&v), Err(CanonicalJsonError::NotAnInteger("0.5".into())));
+        assert_eq!(
+            to_string(&v),
+            Err(CanonicalJsonError::NotAnInteger("0.5".into()))
+        );
         let v = serde_json::json!({"a": u64::MAX});
-        assert!(matches!(to_string(&v), Err(CanonicalJsonError::OutOfRange(_))));
+        assert!(matches!(
+            to_string(&v),
+            Err(CanonicalJsonError::OutOfRange(_))
+        ));
     }
 }

@@ -37,7 +37,11 @@ impl FromStr for Duration {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m, h or d")),
+            _ => {
+                return Err(format!(
+                    "invalid duration unit in {s:?}: use ms, s, m, h or d"
+                ));
+            }
         };
         n.checked_mul(ms)
             .map(|ms| Self(std::time::Duration::from_millis(ms)))
@@ -48,8 +52,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms >= size && ms % size == 0 {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms >= size && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -80,7 +89,11 @@ impl FromStr for ByteSize {
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
-            _ => return Err(format!("invalid size unit in {s:?}: use B, KiB, MiB or GiB")),
+            _ => {
+                return Err(format!(
+                    "invalid size unit in {s:?}: use B, KiB, MiB or GiB"
+                ));
+            }
         };
         n.checked_mul(unit_size)
             .map(Self)
@@ -91,7 +104,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, size) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -122,9 +135,11 @@ macro_rules! string_serde {
                 }
                 let text = match Raw::deserialize(d)? {
                     Raw::Text(t) => t,
-                    Raw::Number(n) => return Err(serde::de::Error::custom(format!(
-                        "expected a string with a unit, such as \"{n}s\" or \"{n}B\""
-                    ))),
+                    Raw::Number(n) => {
+                        return Err(serde::de::Error::custom(format!(
+                            "expected a string with a unit, such as \"{n}s\" or \"{n}B\""
+                        )));
+                    }
                 };
                 text.parse().map_err(serde::de::Error::custom)
             }

@@ -46,7 +46,9 @@ impl ServerName {
                 Host::Ip(IpAddr::V4(ip))
             } else if !host.is_empty()
                 && host.len() <= 255
-                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             {
                 Host::Dns(host.to_owned())
             } else {

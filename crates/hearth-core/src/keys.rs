@@ -290,14 +290,20 @@ mod tests {
         );
         // Written back canonically: same key, canonical trailing bits.
         let line = keys[0].to_synapse_line();
-        assert_eq!(line, "ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0\n");
+        assert_eq!(
+            line,
+            "ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0\n"
+        );
     }
 
     #[test]
     fn file_round_trip_keeps_several_keys_and_owner_only_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/signing.key");
-        let keys = vec![SigningKey::generate().unwrap(), SigningKey::generate().unwrap()];
+        let keys = vec![
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        ];
         SigningKey::write_synapse_file(&path, &keys).unwrap();
         let back = SigningKey::read_synapse_file(&path).unwrap();
         assert_eq!(back.len(), 2);
@@ -331,9 +337,15 @@ mod tests {
             ("ed25519 a_abcd AAAA", "not 32 bytes"),
         ] {
             let err = SigningKey::parse_synapse(text, "signing.key").unwrap_err();
-            assert!(err.to_string().contains(want), "{err} should mention {want}");
+            assert!(
+                err.to_string().contains(want),
+                "{err} should mention {want}"
+            );
         }
         assert!(KeyVersion::from_key_id("curve:1").is_err());
-        assert_eq!(KeyVersion::from_key_id("ed25519:a_x1").unwrap().as_str(), "a_x1");
+        assert_eq!(
+            KeyVersion::from_key_id("ed25519:a_x1").unwrap().as_str(),
+            "a_x1"
+        );
     }
 }

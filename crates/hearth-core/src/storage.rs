@@ -82,7 +82,9 @@ impl Database {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         let busy = format!("PRAGMA busy_timeout = {busy_ms}");
-                        sqlx::query(sqlx::AssertSqlSafe(busy)).execute(&mut *conn).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(busy))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -161,13 +163,16 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
         .split('?')
         .next()
         .unwrap_or_default();
-    if !path.is_empty() && path != ":memory:" {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    if !path.is_empty()
+        && path != ":memory:"
+        && let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(if url.contains("mode=") {
         url.to_owned()

@@ -78,8 +78,8 @@ impl FederationClient {
             .overrides
             .iter()
             .map(|(name, o)| {
-                let server = ServerName::parse(name)
-                    .map_err(|e| format!("federation.overrides: {e}"))?;
+                let server =
+                    ServerName::parse(name).map_err(|e| format!("federation.overrides: {e}"))?;
                 Ok((name.clone(), override_destination(&server, &o.url)?))
             })
             .collect::<Result<HashMap<_, _>, String>>()?;
@@ -200,9 +200,7 @@ fn override_destination(server: &ServerName, url: &str) -> Result<Destination, S
         return Err(bad("give only scheme, host and port"));
     }
     let host = uri.host().ok_or_else(|| bad("no host"))?;
-    let port = uri
-        .port_u16()
-        .unwrap_or(if plain_http { 80 } else { 443 });
+    let port = uri.port_u16().unwrap_or(if plain_http { 80 } else { 443 });
     Ok(Destination {
         endpoints: vec![(host.trim_matches(['[', ']']).to_owned(), port)],
         tls_name: server.hostname(),
@@ -229,7 +227,11 @@ impl WellKnownSource for HttpsWellKnown {
                 let destination = Destination {
                     endpoints: vec![(host.clone(), port)],
                     tls_name: host.clone(),
-                    host_header: if port == 443 { host.clone() } else { format!("{host}:{port}") },
+                    host_header: if port == 443 {
+                        host.clone()
+                    } else {
+                        format!("{host}:{port}")
+                    },
                     plain_http: false,
                     trusted: false,
                 };

@@ -160,7 +160,11 @@ pub struct ConnectorSettings {
 }
 
 impl Connector {
-    pub fn new(dns: Arc<dyn Dns>, roots: rustls::RootCertStore, settings: ConnectorSettings) -> Self {
+    pub fn new(
+        dns: Arc<dyn Dns>,
+        roots: rustls::RootCertStore,
+        settings: ConnectorSettings,
+    ) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -139,10 +139,10 @@ impl KeyStore {
         server: &ServerName,
         minimum_valid_until_ts: i64,
     ) -> Result<Arc<ServerKeys>, KeyFetchError> {
-        if let Some(keys) = self.cached(server) {
-            if keys.usable_until() >= minimum_valid_until_ts {
-                return Ok(keys);
-            }
+        if let Some(keys) = self.cached(server)
+            && keys.usable_until() >= minimum_valid_until_ts
+        {
+            return Ok(keys);
         }
         let fetched_ts = now_ms();
         let raw = self
@@ -182,10 +182,14 @@ impl KeyStore {
             .await
             .map_err(|e| XMatrixError::Signature(e.to_string()))?;
         let key = keys.verify_keys.get(&header.key).ok_or_else(|| {
-            XMatrixError::Signature(format!("{} has no current key {}", header.origin, header.key))
+            XMatrixError::Signature(format!(
+                "{} has no current key {}",
+                header.origin, header.key
+            ))
         })?;
         let mut json = xmatrix::request_json(method, uri, &header.origin, ours, content);
-        json["signatures"] = serde_json::json!({ header.origin.as_str(): { header.key.as_str(): header.sig } });
+        json["signatures"] =
+            serde_json::json!({ header.origin.as_str(): { header.key.as_str(): header.sig } });
         signed_json::verify_json(&json, header.origin.as_str(), [(header.key.as_str(), key)])
             .map_err(|e| XMatrixError::Signature(e.to_string()))?;
         Ok(header.origin)
@@ -213,11 +217,17 @@ mod tests {
     fn accepts_self_signed_keys_and_caps_validity_at_seven_days() {
         let key = SigningKey::generate().unwrap();
         let name = ServerName::parse("hs.example").unwrap();
-        let keys = verify_server_keys(keys_object(&key, "hs.example", canonical_json::MAX_SAFE_INTEGER), &name, 1_000).unwrap();
+        let keys = verify_server_keys(
+            keys_object(&key, "hs.example", canonical_json::MAX_SAFE_INTEGER),
+            &name,
+            1_000,
+        )
+        .unwrap();
         assert_eq!(keys.verify_keys.len(), 1);
         assert_eq!(keys.old_verify_keys["ed25519:old"].1, 5);
         assert_eq!(keys.usable_until(), 1_000 + MAX_KEY_VALIDITY_MS);
-        let short = verify_server_keys(keys_object(&key, "hs.example", 2_000), &name, 1_000).unwrap();
+        let short =
+            verify_server_keys(keys_object(&key, "hs.example", 2_000), &name, 1_000).unwrap();
         assert_eq!(short.usable_until(), 2_000);
     }
 

@@ -125,10 +125,10 @@ impl Resolver {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.get(hostname).cloned()
         };
-        if let Some(entry) = &previous {
-            if entry.expires > now {
-                return entry.delegated.clone();
-            }
+        if let Some(entry) = &previous
+            && entry.expires > now
+        {
+            return entry.delegated.clone();
         }
         let fetched = self.well_known.fetch(hostname).await;
         let entry = match fetched {
@@ -280,10 +280,16 @@ mod tests {
         wk: &[(&str, WellKnownFetch)],
     ) -> (Resolver, Arc<FakeWellKnown>) {
         let dns = FakeDns {
-            srv: srv.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            srv: srv
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
         };
         let wk = Arc::new(FakeWellKnown {
-            answers: wk.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            answers: wk
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             calls: AtomicUsize::new(0),
         });
         (Resolver::new(Arc::new(dns), wk.clone()), wk)
@@ -295,7 +301,10 @@ mod tests {
 
     fn dest(endpoints: &[(&str, u16)], tls: &str, host: &str) -> Destination {
         Destination {
-            endpoints: endpoints.iter().map(|(h, p)| ((*h).to_owned(), *p)).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|(h, p)| ((*h).to_owned(), *p))
+                .collect(),
             tls_name: tls.to_owned(),
             host_header: host.to_owned(),
             plain_http: false,
@@ -313,7 +322,11 @@ mod tests {
         );
         assert_eq!(
             resolve(&r, "[2001:db8::1]:8000").await,
-            dest(&[("2001:db8::1", 8000)], "2001:db8::1", "[2001:db8::1]:8000")
+            dest(
+                &[("2001:db8::1", 8000)],
+                "2001:db8::1",
+                "[2001:db8::1]:8000"
+            )
         );
         assert_eq!(wk.calls.load(Ordering::SeqCst), 0);
     }
@@ -332,7 +345,10 @@ mod tests {
     /// Step 3.1: delegation to an IP literal.
     #[tokio::test]
     async fn well_known_to_ip() {
-        let (r, _) = resolver(&[], &[("example.org", well_known(r#"{"m.server":"5.6.7.8"}"#))]);
+        let (r, _) = resolver(
+            &[],
+            &[("example.org", well_known(r#"{"m.server":"5.6.7.8"}"#))],
+        );
         assert_eq!(
             resolve(&r, "example.org").await,
             dest(&[("5.6.7.8", 8448)], "5.6.7.8", "5.6.7.8")
@@ -343,8 +359,14 @@ mod tests {
     #[tokio::test]
     async fn well_known_with_port() {
         let (r, _) = resolver(
-            &[("_matrix-fed._tcp.matrix.example.org", vec![srv("ignored", 1, 0, 0)])],
-            &[("example.org", well_known(r#"{"m.server":"matrix.example.org:443"}"#))],
+            &[(
+                "_matrix-fed._tcp.matrix.example.org",
+                vec![srv("ignored", 1, 0, 0)],
+            )],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"matrix.example.org:443"}"#),
+            )],
         );
         assert_eq!(
             resolve(&r, "example.org").await,
@@ -362,10 +384,22 @@ mod tests {
     async fn well_known_then_matrix_fed_srv() {
         let (r, _) = resolver(
             &[
-                ("_matrix-fed._tcp.hs.example.org", vec![srv("b.example.net", 8449, 10, 0), srv("a.example.net", 8448, 5, 0)]),
-                ("_matrix._tcp.hs.example.org", vec![srv("legacy.example.net", 1, 0, 0)]),
+                (
+                    "_matrix-fed._tcp.hs.example.org",
+                    vec![
+                        srv("b.example.net", 8449, 10, 0),
+                        srv("a.example.net", 8448, 5, 0),
+                    ],
+                ),
+                (
+                    "_matrix._tcp.hs.example.org",
+                    vec![srv("legacy.example.net", 1, 0, 0)],
+                ),
             ],
-            &[("example.org", well_known(r#"{"m.server":"hs.example.org"}"#))],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"hs.example.org"}"#),
+            )],
         );
         assert_eq!(
             resolve(&r, "example.org").await,
@@ -381,22 +415,42 @@ mod tests {
     #[tokio::test]
     async fn well_known_then_legacy_srv() {
         let (r, _) = resolver(
-            &[("_matrix._tcp.hs.example.org", vec![srv("legacy.example.net", 9000, 0, 0)])],
-            &[("example.org", well_known(r#"{"m.server":"hs.example.org"}"#))],
+            &[(
+                "_matrix._tcp.hs.example.org",
+                vec![srv("legacy.example.net", 9000, 0, 0)],
+            )],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"hs.example.org"}"#),
+            )],
         );
         assert_eq!(
             resolve(&r, "example.org").await,
-            dest(&[("legacy.example.net", 9000)], "hs.example.org", "hs.example.org")
+            dest(
+                &[("legacy.example.net", 9000)],
+                "hs.example.org",
+                "hs.example.org"
+            )
         );
     }
 
     /// Step 3.5: delegated hostname, no SRV: port 8448.
     #[tokio::test]
     async fn well_known_without_srv() {
-        let (r, _) = resolver(&[], &[("example.org", well_known(r#"{"m.server":"hs.example.org"}"#))]);
+        let (r, _) = resolver(
+            &[],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"hs.example.org"}"#),
+            )],
+        );
         assert_eq!(
             resolve(&r, "example.org").await,
-            dest(&[("hs.example.org", 8448)], "hs.example.org", "hs.example.org")
+            dest(
+                &[("hs.example.org", 8448)],
+                "hs.example.org",
+                "hs.example.org"
+            )
         );
     }
 
@@ -404,7 +458,10 @@ mod tests {
     #[tokio::test]
     async fn srv_without_well_known() {
         let (r, _) = resolver(
-            &[("_matrix-fed._tcp.example.org", vec![srv("fed.example.org", 443, 0, 0)])],
+            &[(
+                "_matrix-fed._tcp.example.org",
+                vec![srv("fed.example.org", 443, 0, 0)],
+            )],
             &[],
         );
         assert_eq!(
@@ -412,7 +469,10 @@ mod tests {
             dest(&[("fed.example.org", 443)], "example.org", "example.org")
         );
         let (r, _) = resolver(
-            &[("_matrix._tcp.example.org", vec![srv("old.example.org", 8000, 0, 0)])],
+            &[(
+                "_matrix._tcp.example.org",
+                vec![srv("old.example.org", 8000, 0, 0)],
+            )],
             &[],
         );
         assert_eq!(
@@ -425,7 +485,10 @@ mod tests {
     /// the service is absent and falls through to the same default.
     #[tokio::test]
     async fn plain_hostname() {
-        let (r, _) = resolver(&[("_matrix-fed._tcp.example.org", vec![srv(".", 0, 0, 0)])], &[]);
+        let (r, _) = resolver(
+            &[("_matrix-fed._tcp.example.org", vec![srv(".", 0, 0, 0)])],
+            &[],
+        );
         assert_eq!(
             resolve(&r, "example.org").await,
             dest(&[("example.org", 8448)], "example.org", "example.org")
@@ -437,7 +500,11 @@ mod tests {
     #[tokio::test]
     async fn invalid_well_known_is_ignored() {
         for body in [
-            WellKnownFetch::Response { status: 500, body: br#"{"m.server":"x.org"}"#.to_vec(), max_age: None },
+            WellKnownFetch::Response {
+                status: 500,
+                body: br#"{"m.server":"x.org"}"#.to_vec(),
+                max_age: None,
+            },
             well_known("not json"),
             well_known(r#"{"m.server":42}"#),
             well_known(r#"{"other":"x.org"}"#),
@@ -456,7 +523,13 @@ mod tests {
     /// fetch again.
     #[tokio::test]
     async fn well_known_is_cached() {
-        let (r, wk) = resolver(&[], &[("example.org", well_known(r#"{"m.server":"hs.example.org:443"}"#))]);
+        let (r, wk) = resolver(
+            &[],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"hs.example.org:443"}"#),
+            )],
+        );
         resolve(&r, "example.org").await;
         resolve(&r, "example.org").await;
         assert_eq!(wk.calls.load(Ordering::SeqCst), 1);
@@ -467,7 +540,10 @@ mod tests {
 
     #[test]
     fn reads_max_age() {
-        assert_eq!(cache_max_age("public, max-age=3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            cache_max_age("public, max-age=3600"),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(cache_max_age("no-store"), None);
     }
 }

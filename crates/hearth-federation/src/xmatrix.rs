@@ -62,9 +62,8 @@ impl XMatrix {
             };
             *slot = Some(value);
         }
-        let server = |s: String| {
-            ServerName::parse(&s).map_err(|e| XMatrixError::Malformed(e.to_string()))
-        };
+        let server =
+            |s: String| ServerName::parse(&s).map_err(|e| XMatrixError::Malformed(e.to_string()));
         Ok(Self {
             origin: server(origin.ok_or(XMatrixError::Missing("origin"))?)?,
             destination: destination.map(server).transpose()?,
@@ -93,7 +92,9 @@ fn auth_params(mut rest: &str) -> Result<Vec<(String, String)>, XMatrixError> {
         if rest.is_empty() {
             return Ok(params);
         }
-        let eq = rest.find('=').ok_or_else(|| malformed("a parameter has no value"))?;
+        let eq = rest
+            .find('=')
+            .ok_or_else(|| malformed("a parameter has no value"))?;
         let name = rest[..eq].trim().to_owned();
         rest = rest[eq + 1..].trim_start();
         let value = if let Some(quoted) = rest.strip_prefix('"') {
@@ -239,7 +240,8 @@ mod tests {
     #[test]
     fn signed_header_verifies_against_the_request_json() {
         let key = SigningKey::from_seed(KeyVersion::parse("a_test").unwrap(), [7; 32]);
-        let content = json!({"mxid": "@a:hs.example", "threepid": {"medium": "email", "address": "a@b.c"}});
+        let content =
+            json!({"mxid": "@a:hs.example", "threepid": {"medium": "email", "address": "a@b.c"}});
         for destination in [
             Destination::Server(name("dest.example")),
             Destination::IdentityServer(name("is.example")),

@@ -63,7 +63,12 @@ async fn get_server_key(State(state): State<NotaryState>) -> Result<Json<Value>,
     let old_verify_keys: Map<String, Value> = state
         .old_verify_keys
         .iter()
-        .map(|k| (k.key_id.clone(), json!({ "key": k.key, "expired_ts": k.expired_ts })))
+        .map(|k| {
+            (
+                k.key_id.clone(),
+                json!({ "key": k.key, "expired_ts": k.expired_ts }),
+            )
+        })
         .collect();
     let mut body = json!({
         "server_name": state.server_name.as_str(),

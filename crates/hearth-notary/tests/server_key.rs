@@ -14,7 +14,11 @@ use tower::ServiceExt;
 
 async fn get_keys(notary: Notary) -> serde_json::Value {
     let response = router(Arc::new(notary))
-        .oneshot(Request::get("/_matrix/key/v2/server").body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get("/_matrix/key/v2/server")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -28,7 +32,10 @@ async fn get_keys(notary: Notary) -> serde_json::Value {
 #[tokio::test]
 async fn publishes_current_and_old_keys_self_signed() {
     let name = ServerName::parse("hearth.example").unwrap();
-    let keys = vec![SigningKey::generate().unwrap(), SigningKey::generate().unwrap()];
+    let keys = vec![
+        SigningKey::generate().unwrap(),
+        SigningKey::generate().unwrap(),
+    ];
     let old = OldVerifyKey {
         key_id: "ed25519:a_old".to_owned(),
         key: SigningKey::generate().unwrap().public_key_base64(),
@@ -46,11 +53,17 @@ async fn publishes_current_and_old_keys_self_signed() {
     let verified = verify_server_keys(body.clone(), &name, now_ms()).unwrap();
     assert_eq!(verified.verify_keys.len(), 2);
     for key in &keys {
-        assert_eq!(verified.verify_keys[&key.key_id()].to_base64(), key.public_key_base64());
+        assert_eq!(
+            verified.verify_keys[&key.key_id()].to_base64(),
+            key.public_key_base64()
+        );
         assert!(body["signatures"]["hearth.example"][key.key_id()].is_string());
     }
     assert_eq!(body["old_verify_keys"]["ed25519:a_old"]["key"], old.key);
-    assert_eq!(body["old_verify_keys"]["ed25519:a_old"]["expired_ts"], old.expired_ts);
+    assert_eq!(
+        body["old_verify_keys"]["ed25519:a_old"]["expired_ts"],
+        old.expired_ts
+    );
     let day = 24 * 3600 * 1000;
     let valid_until = body["valid_until_ts"].as_i64().unwrap();
     assert!(valid_until >= before + day && valid_until <= now_ms() + day);

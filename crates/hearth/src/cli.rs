@@ -92,7 +92,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = file.or(config_path);
             let config = load(path.as_ref())?;
             serve::check(&config)?;
-            let name = path.map_or_else(|| "embedded defaults".to_owned(), |p| p.display().to_string());
+            let name = path.map_or_else(
+                || "embedded defaults".to_owned(),
+                |p| p.display().to_string(),
+            );
             writeln!(std::io::stdout(), "config OK: {name}")?;
             return Ok(ExitCode::SUCCESS);
         }

@@ -74,11 +74,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(
-            Env::prefixed("HEARTH_")
-                .ignore(NOT_CONFIG_KEYS)
-                .split("__"),
-        );
+        figment = figment.merge(Env::prefixed("HEARTH_").ignore(NOT_CONFIG_KEYS).split("__"));
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
@@ -89,7 +85,9 @@ impl Config {
         self.database_url()?;
         self.tls_files()?;
         if self.http.bind.is_empty() {
-            return Err(ConfigError("http.bind: give at least one address".to_owned()));
+            return Err(ConfigError(
+                "http.bind: give at least one address".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -161,7 +159,11 @@ mod tests {
     fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
         if let toml::Value::Table(table) = value {
             for (k, v) in table {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if v.is_table() {
                     key_paths(v, &path, out);
                 } else {
@@ -216,11 +218,17 @@ mod tests {
         let path = dir.path().join("hearth.toml");
         std::fs::write(&path, "[http]\nbindd = []\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("bindd") && err.contains("hearth.toml"), "{err}");
+        assert!(
+            err.contains("bindd") && err.contains("hearth.toml"),
+            "{err}"
+        );
 
         std::fs::write(&path, "[admin]\nbind = 5\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("admin.bind") && err.contains("hearth.toml"), "{err}");
+        assert!(
+            err.contains("admin.bind") && err.contains("hearth.toml"),
+            "{err}"
+        );
 
         std::fs::write(&path, "server_name = \"bad name\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
@@ -238,11 +246,17 @@ mod tests {
         let path = dir.path().join("hearth.toml");
         std::fs::write(
             &path,
-            format!("[database]\nurl_file = {:?}\n", secret.display().to_string()),
+            format!(
+                "[database]\nurl_file = {:?}\n",
+                secret.display().to_string()
+            ),
         )
         .unwrap();
         let config = Config::load(Some(&path)).unwrap();
-        assert_eq!(config.database_url().unwrap().expose(), "postgres://u:pw@db/hearth");
+        assert_eq!(
+            config.database_url().unwrap().expose(),
+            "postgres://u:pw@db/hearth"
+        );
         assert!(!format!("{config:?}").contains("pw@"));
 
         std::fs::write(&path, "[http]\ntls_certificate = \"c.pem\"\n").unwrap();
@@ -253,8 +267,14 @@ mod tests {
     #[test]
     fn defaults_keep_data_in_the_data_dir() {
         let config = Config::default();
-        assert_eq!(config.database_url().unwrap().expose(), "sqlite://./data/hearth.db");
-        assert_eq!(config.signing_key_path(), PathBuf::from("./data/signing.key"));
+        assert_eq!(
+            config.database_url().unwrap().expose(),
+            "sqlite://./data/hearth.db"
+        );
+        assert_eq!(
+            config.signing_key_path(),
+            PathBuf::from("./data/signing.key")
+        );
         assert!(config.http.bind.iter().all(|a| a.ip().is_loopback()));
         assert!(config.admin.bind.ip().is_loopback());
     }

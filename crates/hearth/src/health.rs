@@ -21,7 +21,7 @@ pub(crate) async fn probe(config: &Config) -> ExitCode {
         addr = SocketAddr::new(loopback, addr.port());
     }
     match tokio::time::timeout(TIMEOUT, get_health(addr)).await {
-        Ok(Ok(status)) if status == 200 => ExitCode::SUCCESS,
+        Ok(Ok(200)) => ExitCode::SUCCESS,
         Ok(Ok(status)) => {
             eprintln!("unhealthy: /health answered {status}");
             ExitCode::FAILURE

@@ -41,25 +41,33 @@ pub(crate) async fn generate(config: &Config, out: &mut impl Write) -> anyhow::R
         key = SigningKey::generate()?;
     }
     replace(config, &db, &old, vec![key.clone()]).await?;
-    writeln!(out, "new signing key {} {}", key.key_id(), key.public_key_base64())?;
+    writeln!(
+        out,
+        "new signing key {} {}",
+        key.key_id(),
+        key.public_key_base64()
+    )?;
     writeln!(out, "restart Hearth to start signing with it")?;
     db.close().await;
     Ok(())
 }
 
-pub(crate) async fn import(config: &Config, file: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+pub(crate) async fn import(
+    config: &Config,
+    file: &Path,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let imported = SigningKey::read_synapse_file(file)?;
     let db = open_database(config).await?;
     let old = current(config)?;
     // One key id must always mean one key (synapse#3121, #4012).
     let known = db.old_verify_keys().await?;
     for key in &imported {
-        let clash = old
+        let clash = old.iter().any(|o| {
+            o.key_id() == key.key_id() && o.public_key_base64() != key.public_key_base64()
+        }) || known
             .iter()
-            .any(|o| o.key_id() == key.key_id() && o.public_key_base64() != key.public_key_base64())
-            || known
-                .iter()
-                .any(|o| o.key_id == key.key_id() && o.key != key.public_key_base64());
+            .any(|o| o.key_id == key.key_id() && o.key != key.public_key_base64());
         if clash {
             bail!(
                 "{} already names a different key here; reusing a key id breaks verification of old signatures",
@@ -78,14 +86,22 @@ pub(crate) async fn import(config: &Config, file: &Path, out: &mut impl Write) -
 pub(crate) async fn show(config: &Config, out: &mut impl Write) -> anyhow::Result<()> {
     let keys = current(config)?;
     if keys.is_empty() {
-        writeln!(out, "no signing key yet at {} (one is made at first start)", config.signing_key_path().display())?;
+        writeln!(
+            out,
+            "no signing key yet at {} (one is made at first start)",
+            config.signing_key_path().display()
+        )?;
     }
     for key in &keys {
         writeln!(out, "current {} {}", key.key_id(), key.public_key_base64())?;
     }
     let db = open_database(config).await?;
     for old in db.old_verify_keys().await? {
-        writeln!(out, "old     {} {} expired_ts={}", old.key_id, old.key, old.expired_ts)?;
+        writeln!(
+            out,
+            "old     {} {} expired_ts={}",
+            old.key_id, old.key, old.expired_ts
+        )?;
     }
     db.close().await;
     Ok(())

@@ -67,7 +67,9 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         config.turn.enabled &= only == Only::Turn;
     }
     check(&config)?;
-    let db = open_database(&config).await.context("opening the database")?;
+    let db = open_database(&config)
+        .await
+        .context("opening the database")?;
     let (signing_keys, created) = load_or_create(&config)?;
     if created {
         tracing::info!(path = %config.signing_key_path().display(), "generated a new signing key; back it up");
@@ -101,13 +103,20 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
     // TURN has no HTTP side, so `hearth turn` opens no public HTTP listener.
-    let public_bind = if only == Only::Turn { Vec::new() } else { config.http.bind.clone() };
+    let public_bind = if only == Only::Turn {
+        Vec::new()
+    } else {
+        config.http.bind.clone()
+    };
     let mut public = Vec::new();
     for addr in &public_bind {
         let tcp = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding http.bind {addr}"))?;
-        public.push(Listener { tcp, tls: tls.clone() });
+        public.push(Listener {
+            tcp,
+            tls: tls.clone(),
+        });
     }
     let admin_tcp = TcpListener::bind(config.admin.bind)
         .await
@@ -120,7 +129,10 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
             get(move || std::future::ready(metrics.render())),
         ));
 
-    tracing::info!("{}", summary(&config, &public, &admin_tcp, &served, &not_built, &db)?);
+    tracing::info!(
+        "{}",
+        summary(&config, &public, &admin_tcp, &served, &not_built, &db)?
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -135,7 +147,10 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         tasks.spawn(serve(listener, app.clone(), stopped()));
     }
     tasks.spawn(serve(
-        Listener { tcp: admin_tcp, tls: None },
+        Listener {
+            tcp: admin_tcp,
+            tls: None,
+        },
         admin,
         stopped(),
     ));
@@ -150,7 +165,10 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
 
 async fn health(State(db): State<Database>) -> (StatusCode, axum::Json<serde_json::Value>) {
     match db.ping().await {
-        Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
             (
@@ -171,7 +189,11 @@ fn summary(
     not_built: &[&str],
     db: &Database,
 ) -> anyhow::Result<String> {
-    let scheme = if config.http.tls_certificate.is_some() { "https" } else { "http" };
+    let scheme = if config.http.tls_certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut s = format!(
         "Hearth {} serving as server_name {:?}",
         env!("CARGO_PKG_VERSION"),
@@ -184,9 +206,17 @@ fn summary(
         write!(s, "\n  serves  {}", served.join(", "))?;
     }
     if !not_built.is_empty() {
-        write!(s, "\n  enabled but not in this build yet: {}", not_built.join(", "))?;
+        write!(
+            s,
+            "\n  enabled but not in this build yet: {}",
+            not_built.join(", ")
+        )?;
     }
-    write!(s, "\n  admin   http://{} (/health, /metrics)", admin.local_addr()?)?;
+    write!(
+        s,
+        "\n  admin   http://{} (/health, /metrics)",
+        admin.local_addr()?
+    )?;
     let storage = match db.backend() {
         Backend::Sqlite => "SQLite",
         Backend::Postgres => "PostgreSQL",
@@ -199,13 +229,21 @@ fn summary(
     )?;
     let mut todo = Vec::new();
     let name = config.server_name.hostname();
-    if name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+    if name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
         todo.push("set server_name to the public hostname homeservers use for this service");
     }
     if config.http.tls_certificate.is_none() {
         todo.push("serve HTTPS: set http.tls_certificate and http.tls_private_key, or put a TLS reverse proxy in front");
     }
-    if public.iter().all(|l| l.local_addr().is_ok_and(|a| a.ip().is_loopback())) && config.http.tls_certificate.is_some() {
+    if public
+        .iter()
+        .all(|l| l.local_addr().is_ok_and(|a| a.ip().is_loopback()))
+        && config.http.tls_certificate.is_some()
+    {
         todo.push("listen on a public address (http.bind)");
     }
     todo.push("back up the signing key file");
@@ -217,14 +255,15 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {},
             _ = term.recv() => {},

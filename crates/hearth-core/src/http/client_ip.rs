@@ -43,10 +43,10 @@ pub(super) async fn resolve(
         .map(|ConnectInfo(addr)| canonical(addr.ip()));
     let ip = peer.map(|peer| client_ip(peer, request.headers(), &policy.trusted_proxies));
     request.extensions_mut().insert(ClientIp(ip));
-    if policy.log_client_ips {
-        if let Some(ip) = ip {
-            tracing::Span::current().record("client_ip", tracing::field::display(ip));
-        }
+    if policy.log_client_ips
+        && let Some(ip) = ip
+    {
+        tracing::Span::current().record("client_ip", tracing::field::display(ip));
     }
     next.run(request).await
 }

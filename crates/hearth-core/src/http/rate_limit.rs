@@ -80,11 +80,11 @@ pub async fn rate_limit(
     next: Next,
 ) -> Response {
     let ip = request.extensions().get::<ClientIp>().and_then(|c| c.0);
-    if let Some(ip) = ip {
-        if let Err(wait) = limiter.check(&ip) {
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return MatrixError::limit_exceeded(ms).into_response();
-        }
+    if let Some(ip) = ip
+        && let Err(wait) = limiter.check(&ip)
+    {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        return MatrixError::limit_exceeded(ms).into_response();
     }
     next.run(request).await
 }
@@ -107,7 +107,11 @@ mod tests {
         limiter
             .check_at(&1, t0 + Duration::from_millis(100))
             .unwrap();
-        assert!(limiter.check_at(&1, t0 + Duration::from_millis(100)).is_err());
+        assert!(
+            limiter
+                .check_at(&1, t0 + Duration::from_millis(100))
+                .is_err()
+        );
     }
 
     #[test]

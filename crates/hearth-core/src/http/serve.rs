@@ -29,16 +29,17 @@ pub struct TlsFiles {
 
 /// Builds a TLS acceptor from PEM files, offering HTTP/1.1.
 pub fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
     let cert_pem = read(&files.certificate)?;
     let key_pem = read(&files.private_key)?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", files.certificate.display()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", files.certificate.display()));
+        return Err(format!(
+            "{}: no certificate found",
+            files.certificate.display()
+        ));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| format!("{}: {e}", files.private_key.display()))?
