@@ -13,6 +13,7 @@ use hearth_core::time::now_ms;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Servers MUST use the lesser of `valid_until_ts` and seven days ahead.
 pub const MAX_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -117,18 +118,32 @@ pub fn verify_server_keys(
     })
 }
 
+/// After a failed fetch, or a refetch for an unknown key id, the same server
+/// is not asked again for this long: random key ids in forged requests must
+/// not turn into a fetch each.
+const REFETCH_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Cache {
+    keys: HashMap<ServerName, Arc<ServerKeys>>,
+    /// When a fetch for this server last failed.
+    failed: HashMap<ServerName, Instant>,
+    /// When this server was last refetched because a key id was unknown.
+    refetched: HashMap<ServerName, Instant>,
+}
+
 /// Fetches and caches other servers' keys. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     client: FederationClient,
-    cache: Arc<Mutex<HashMap<ServerName, Arc<ServerKeys>>>>,
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl KeyStore {
     pub fn new(client: FederationClient) -> Self {
         Self {
             client,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(Cache::default())),
         }
     }
 
@@ -139,30 +154,88 @@ impl KeyStore {
         server: &ServerName,
         minimum_valid_until_ts: i64,
     ) -> Result<Arc<ServerKeys>, KeyFetchError> {
-        if let Some(keys) = self.cached(server)
-            && keys.usable_until() >= minimum_valid_until_ts
-        {
-            return Ok(keys);
+        let too_short = |keys: &ServerKeys| KeyFetchError::Invalid {
+            server: server.to_string(),
+            reason: format!("its keys are valid only until {}", keys.usable_until()),
+        };
+        let cached = self.cache().keys.get(server).cloned();
+        if let Some(keys) = cached {
+            if keys.usable_until() >= minimum_valid_until_ts {
+                return Ok(keys);
+            }
+            // Fetched moments ago and still too short: asking again now
+            // would only get the same answer.
+            if now_ms() - keys.fetched_ts < REFETCH_BACKOFF.as_millis() as i64 {
+                return Err(too_short(&keys));
+            }
         }
-        let fetched_ts = now_ms();
-        let raw = self
-            .client
-            .get_json(server, "/_matrix/key/v2/server")
-            .await?;
-        let keys = Arc::new(verify_server_keys(raw, server, fetched_ts)?);
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(server.clone(), keys.clone());
+        let keys = self.fetch(server).await?;
+        if keys.usable_until() < minimum_valid_until_ts {
+            return Err(too_short(&keys));
+        }
         Ok(keys)
     }
 
-    fn cached(&self, server: &ServerName) -> Option<Arc<ServerKeys>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// The current key `key_id` of `server`, valid now. An id missing from
+    /// the cache triggers one refetch, so key rotation is noticed at once.
+    async fn current_key(&self, server: &ServerName, key_id: &str) -> Result<VerifyKey, String> {
+        let keys = self
+            .server_keys(server, now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(key) = keys.verify_keys.get(key_id) {
+            return Ok(*key);
+        }
+        let recently = self
+            .cache()
+            .refetched
             .get(server)
-            .cloned()
+            .is_some_and(|t| t.elapsed() < REFETCH_BACKOFF);
+        if !recently {
+            self.cache()
+                .refetched
+                .insert(server.clone(), Instant::now());
+            let keys = self.fetch(server).await.map_err(|e| e.to_string())?;
+            if let Some(key) = keys.verify_keys.get(key_id) {
+                if keys.usable_until() >= now_ms() {
+                    return Ok(*key);
+                }
+            }
+        }
+        Err(format!("{server} has no current key {key_id}"))
+    }
+
+    async fn fetch(&self, server: &ServerName) -> Result<Arc<ServerKeys>, KeyFetchError> {
+        if let Some(at) = self.cache().failed.get(server) {
+            if at.elapsed() < REFETCH_BACKOFF {
+                return Err(KeyFetchError::Invalid {
+                    server: server.to_string(),
+                    reason: "a fetch failed moments ago; not retrying yet".to_owned(),
+                });
+            }
+        }
+        let fetched_ts = now_ms();
+        let result = match self.client.get_json(server, "/_matrix/key/v2/server").await {
+            Ok(raw) => verify_server_keys(raw, server, fetched_ts),
+            Err(e) => Err(e.into()),
+        };
+        let mut cache = self.cache();
+        match result {
+            Ok(keys) => {
+                let keys = Arc::new(keys);
+                cache.failed.remove(server);
+                cache.keys.insert(server.clone(), keys.clone());
+                Ok(keys)
+            }
+            Err(e) => {
+                cache.failed.insert(server.clone(), Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Verifies an X-Matrix request meant for `ours` and returns its origin.
@@ -177,20 +250,14 @@ impl KeyStore {
     ) -> Result<ServerName, XMatrixError> {
         let header = XMatrix::parse(authorization)?;
         xmatrix::check_destination(&header, ours)?;
-        let keys = self
-            .server_keys(&header.origin, now_ms())
+        let key = self
+            .current_key(&header.origin, &header.key)
             .await
-            .map_err(|e| XMatrixError::Signature(e.to_string()))?;
-        let key = keys.verify_keys.get(&header.key).ok_or_else(|| {
-            XMatrixError::Signature(format!(
-                "{} has no current key {}",
-                header.origin, header.key
-            ))
-        })?;
+            .map_err(XMatrixError::Signature)?;
         let mut json = xmatrix::request_json(method, uri, &header.origin, ours, content);
         json["signatures"] =
             serde_json::json!({ header.origin.as_str(): { header.key.as_str(): header.sig } });
-        signed_json::verify_json(&json, header.origin.as_str(), [(header.key.as_str(), key)])
+        signed_json::verify_json(&json, header.origin.as_str(), [(header.key.as_str(), &key)])
             .map_err(|e| XMatrixError::Signature(e.to_string()))?;
         Ok(header.origin)
     }

@@ -25,9 +25,7 @@ use hearth_federation::config::ServerOverride;
 use hearth_federation::connect::{ConnectError, Dns, SrvTarget};
 use hearth_federation::keys::KeyFetchError;
 use hearth_federation::xmatrix::{Destination, XMatrixError, sign_request};
-use hearth_federation::{
-    BoxFuture, FederationClient, FederationConfig, FederationError, KeyStore,
-};
+use hearth_federation::{BoxFuture, FederationClient, FederationConfig, FederationError, KeyStore};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 use std::io;
@@ -54,7 +52,10 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "Hearth test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -172,7 +173,11 @@ fn signing_key(version: &str, seed: u8) -> SigningKey {
     SigningKey::from_seed(KeyVersion::parse(version).unwrap(), [seed; 32])
 }
 
-fn client_as(config: &FederationConfig, dns: &Arc<FakeDns>, origin: Option<Origin>) -> FederationClient {
+fn client_as(
+    config: &FederationConfig,
+    dns: &Arc<FakeDns>,
+    origin: Option<Origin>,
+) -> FederationClient {
     FederationClient::new(config, dns.clone(), origin).unwrap()
 }
 
@@ -255,7 +260,11 @@ async fn a_certificate_for_another_name_is_refused() {
     let dns = fake_dns(&["hs.test"]);
     let client = client(&config(Some(&ca), true), &dns);
 
-    let error = connect_error(client.get_json(&name(&format!("hs.test:{port}")), "/").await);
+    let error = connect_error(
+        client
+            .get_json(&name(&format!("hs.test:{port}")), "/")
+            .await,
+    );
     assert!(
         matches!(
             tls_cause(&error),
@@ -284,12 +293,20 @@ async fn an_ip_literal_is_checked_against_the_certificate_ip() {
         .unwrap();
     assert_eq!(answer["host"], format!("127.0.0.1:{good}"));
 
-    let error = connect_error(client.get_json(&name(&format!("127.0.0.1:{bad}")), "/").await);
+    let error = connect_error(
+        client
+            .get_json(&name(&format!("127.0.0.1:{bad}")), "/")
+            .await,
+    );
     assert!(
         matches!(tls_cause(&error), rustls::Error::InvalidCertificate(_)),
         "{error:?}"
     );
-    assert!(dns.asked().is_empty(), "IP literals need no DNS: {:?}", dns.asked());
+    assert!(
+        dns.asked().is_empty(),
+        "IP literals need no DNS: {:?}",
+        dns.asked()
+    );
 }
 
 /// Server-Server API, "TLS": only trusted CAs; the test CA is trusted only
@@ -301,7 +318,11 @@ async fn without_ca_file_the_test_ca_is_not_trusted() {
     let dns = fake_dns(&["hs.test"]);
     let client = client(&config(None, true), &dns);
 
-    let error = connect_error(client.get_json(&name(&format!("hs.test:{port}")), "/").await);
+    let error = connect_error(
+        client
+            .get_json(&name(&format!("hs.test:{port}")), "/")
+            .await,
+    );
     assert!(
         matches!(
             tls_cause(&error),
@@ -324,12 +345,14 @@ async fn private_addresses_are_refused_without_connecting() {
     // Allowed, the client does reach the socket (which then hangs up).
     let allowed = client(&config(Some(&ca), true), &dns);
     let server = name(&format!("hs.test:{port}"));
-    let (result, accepted) = tokio::join!(
-        allowed.get_json(&server, "/"),
-        async { spy.accept().await.unwrap() }
-    );
-    drop(accepted);
-    assert!(matches!(connect_error(result), ConnectError::Tls { .. }));
+    let (result, peer) = tokio::join!(allowed.get_json(&server, "/"), async {
+        let (stream, peer) = spy.accept().await.unwrap();
+        drop(stream);
+        peer
+    });
+    assert!(peer.ip().is_loopback());
+    let error = connect_error(result);
+    assert!(matches!(error, ConnectError::Tls { .. }), "{error:?}");
 
     let refused = client(&config(Some(&ca), false), &dns);
     for server in [
@@ -344,7 +367,9 @@ async fn private_addresses_are_refused_without_connecting() {
         );
         // Had the client connected, its connection would be queued before
         // this probe's.
-        let probe = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.unwrap();
+        let probe = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
         let (_, peer) = spy.accept().await.unwrap();
         assert_eq!(peer, probe.local_addr().unwrap(), "{server} was dialled");
     }
@@ -375,8 +400,15 @@ async fn a_plain_http_override_is_reached_with_the_server_name_as_host() {
     assert!(dns.asked().is_empty(), "{:?}", dns.asked());
 
     // The same address under another name is still refused.
-    let error = connect_error(client.get_json(&name(&format!("127.0.0.1:{port}")), "/").await);
-    assert!(matches!(error, ConnectError::ForbiddenAddress(_)), "{error:?}");
+    let error = connect_error(
+        client
+            .get_json(&name(&format!("127.0.0.1:{port}")), "/")
+            .await,
+    );
+    assert!(
+        matches!(error, ConnectError::ForbiddenAddress(_)),
+        "{error:?}"
+    );
 }
 
 /// `federation.overrides` with `https`: the certificate must still be valid
@@ -425,12 +457,17 @@ fn json_of_len(len: usize) -> Vec<u8> {
 async fn responses_over_max_response_size_are_refused() {
     const LIMIT: usize = 1024;
     let router = Router::new()
-        .route("/fixed/{len}", get(|Path(len): Path<usize>| async move { json_of_len(len) }))
+        .route(
+            "/fixed/{len}",
+            get(|Path(len): Path<usize>| async move { json_of_len(len) }),
+        )
         .route(
             "/chunked/{len}",
             get(|Path(len): Path<usize>| async move {
-                let chunks: Vec<io::Result<Vec<u8>>> =
-                    json_of_len(len).chunks(100).map(|c| Ok(c.to_vec())).collect();
+                let chunks: Vec<io::Result<Vec<u8>>> = json_of_len(len)
+                    .chunks(100)
+                    .map(|c| Ok(c.to_vec()))
+                    .collect();
                 Body::from_stream(stream::iter(chunks))
             }),
         )
@@ -457,14 +494,19 @@ async fn responses_over_max_response_size_are_refused() {
             .unwrap();
         assert_eq!(at_limit.as_str().map(str::len), Some(LIMIT - 2), "{kind}");
 
-        let over = client.get_json(&server, &format!("/{kind}/{}", LIMIT + 1)).await;
+        let over = client
+            .get_json(&server, &format!("/{kind}/{}", LIMIT + 1))
+            .await;
         assert!(
             matches!(connect_error(over), ConnectError::TooLarge(LIMIT)),
             "{kind}"
         );
     }
     let endless = client.get_json(&server, "/endless").await;
-    assert!(matches!(connect_error(endless), ConnectError::TooLarge(LIMIT)));
+    assert!(matches!(
+        connect_error(endless),
+        ConnectError::TooLarge(LIMIT)
+    ));
 }
 
 /// `request_timeout` bounds the whole exchange: a server slow to answer,
@@ -500,7 +542,10 @@ async fn slow_servers_time_out_promptly() {
         let started = Instant::now();
         let result = client.get_json(&server, path).await;
         let elapsed = started.elapsed();
-        assert!(matches!(connect_error(result), ConnectError::Timeout), "{path}");
+        assert!(
+            matches!(connect_error(result), ConnectError::Timeout),
+            "{path}"
+        );
         assert!(
             elapsed >= TIMEOUT && elapsed < Duration::from_secs(3),
             "{path} took {elapsed:?}"
@@ -523,7 +568,10 @@ async fn error_statuses_carry_the_matrix_error_body() {
                 )
             }),
         )
-        .route("/gateway", get(|| async { (StatusCode::BAD_GATEWAY, "<html>oops</html>") }))
+        .route(
+            "/gateway",
+            get(|| async { (StatusCode::BAD_GATEWAY, "<html>oops</html>") }),
+        )
         .route("/text", get(|| async { "hello" }));
     let ca = TestCa::new();
     let port = tls_server(&ca, "hs.test", router).await;
@@ -539,7 +587,10 @@ async fn error_statuses_carry_the_matrix_error_body() {
         }) => {
             assert_eq!(s, server.as_str());
             assert_eq!(status, StatusCode::NOT_FOUND);
-            assert_eq!(body, json!({"errcode": "M_NOT_FOUND", "error": "No such room"}));
+            assert_eq!(
+                body,
+                json!({"errcode": "M_NOT_FOUND", "error": "No such room"})
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -560,7 +611,12 @@ async fn error_statuses_carry_the_matrix_error_body() {
 // Server keys and X-Matrix.
 
 /// A Server Keys object for `server` listing `listed`, signed by `signer`.
-fn keys_object(server: &str, listed: &SigningKey, signer: &SigningKey, valid_until_ts: i64) -> Value {
+fn keys_object(
+    server: &str,
+    listed: &SigningKey,
+    signer: &SigningKey,
+    valid_until_ts: i64,
+) -> Value {
     let mut keys = json!({
         "server_name": server,
         "verify_keys": { listed.key_id(): { "key": listed.public_key_base64() } },
@@ -614,7 +670,12 @@ async fn key_server(
     let (tcp, port) = bind().await;
     let server = name(&format!("{host}:{port}"));
     let keys = KeyServer::default();
-    keys.publish(keys_object(server.as_str(), listed, signer, an_hour_from_now()));
+    keys.publish(keys_object(
+        server.as_str(),
+        listed,
+        signer,
+        an_hour_from_now(),
+    ));
     spawn(ca.listener(tcp, host), keys.router());
     (server, keys)
 }
@@ -669,7 +730,10 @@ async fn server_keys_not_self_signed_are_refused() {
     let (evil, server) = key_server(&ca, "evil.test", &key, &key).await;
     server.publish(keys_object("origin.test", &key, &key, an_hour_from_now()));
     let result = store.server_keys(&evil, now_ms()).await;
-    assert!(matches!(result, Err(KeyFetchError::Invalid { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(KeyFetchError::Invalid { .. })),
+        "{result:?}"
+    );
 }
 
 /// Server-Server API, "Request Authentication": an X-Matrix header made by
@@ -681,7 +745,8 @@ async fn x_matrix_requests_verify_against_fetched_keys() {
     let key = signing_key("k1", 7);
     let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
     let store = key_store(&ca, &["origin.test"]);
-    let content = json!({"mxid": "@alice:origin.test", "threepid": {"medium": "email", "address": "a@b.c"}});
+    let content =
+        json!({"mxid": "@alice:origin.test", "threepid": {"medium": "email", "address": "a@b.c"}});
 
     for ours in [
         Destination::Server(name("dest.test")),
@@ -689,7 +754,11 @@ async fn x_matrix_requests_verify_against_fetched_keys() {
     ] {
         for (method, uri, content) in [
             ("POST", "/_matrix/identity/v2/3pid/unbind", Some(&content)),
-            ("GET", "/_matrix/federation/v1/query/profile?user_id=%40a%3Ab", None),
+            (
+                "GET",
+                "/_matrix/federation/v1/query/profile?user_id=%40a%3Ab",
+                None,
+            ),
         ] {
             let header = sign_request(&key, &origin, &ours, method, uri, content).unwrap();
             let verified = store
@@ -718,40 +787,75 @@ async fn x_matrix_requests_that_do_not_match_are_refused() {
     let is_header = sign_request(&key, &origin, &is, "POST", uri, Some(&content)).unwrap();
 
     let signature_error = |result: Result<ServerName, XMatrixError>| {
-        assert!(matches!(result, Err(XMatrixError::Signature(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(XMatrixError::Signature(_))),
+            "{result:?}"
+        );
     };
     // A tampered body, method or URI.
     let tampered = json!({"pdus": [], "edus": [{"edu_type": "m.typing"}]});
-    signature_error(store.verify_request(&header, "PUT", uri, Some(&tampered), &dest).await);
-    signature_error(store.verify_request(&header, "PUT", uri, None, &dest).await);
-    signature_error(store.verify_request(&header, "POST", uri, Some(&content), &dest).await);
     signature_error(
         store
-            .verify_request(&header, "PUT", "/_matrix/federation/v1/send/txn2", Some(&content), &dest)
+            .verify_request(&header, "PUT", uri, Some(&tampered), &dest)
+            .await,
+    );
+    signature_error(store.verify_request(&header, "PUT", uri, None, &dest).await);
+    signature_error(
+        store
+            .verify_request(&header, "POST", uri, Some(&content), &dest)
+            .await,
+    );
+    signature_error(
+        store
+            .verify_request(
+                &header,
+                "PUT",
+                "/_matrix/federation/v1/send/txn2",
+                Some(&content),
+                &dest,
+            )
             .await,
     );
     // Another destination: named in the header, or only in the signed JSON.
     let elsewhere = Destination::Server(name("elsewhere.test"));
     assert_eq!(
-        store.verify_request(&header, "PUT", uri, Some(&content), &elsewhere).await,
+        store
+            .verify_request(&header, "PUT", uri, Some(&content), &elsewhere)
+            .await,
         Err(XMatrixError::WrongDestination("dest.test".to_owned()))
     );
     let other_is = Destination::IdentityServer(name("other-is.test"));
-    signature_error(store.verify_request(&is_header, "POST", uri, Some(&content), &other_is).await);
+    signature_error(
+        store
+            .verify_request(&is_header, "POST", uri, Some(&content), &other_is)
+            .await,
+    );
     // A homeserver signature is not an identity server one.
     signature_error(
         store
-            .verify_request(&header, "PUT", uri, Some(&content), &Destination::IdentityServer(name("dest.test")))
+            .verify_request(
+                &header,
+                "PUT",
+                uri,
+                Some(&content),
+                &Destination::IdentityServer(name("dest.test")),
+            )
             .await,
     );
     // A key id the origin does not publish, and our key id with another key.
     for wrong in [signing_key("k2", 7), signing_key("k1", 9)] {
         let forged = sign_request(&wrong, &origin, &dest, "PUT", uri, Some(&content)).unwrap();
-        signature_error(store.verify_request(&forged, "PUT", uri, Some(&content), &dest).await);
+        signature_error(
+            store
+                .verify_request(&forged, "PUT", uri, Some(&content), &dest)
+                .await,
+        );
     }
     // And the genuine request still passes.
     assert_eq!(
-        store.verify_request(&header, "PUT", uri, Some(&content), &dest).await,
+        store
+            .verify_request(&header, "PUT", uri, Some(&content), &dest)
+            .await,
         Ok(origin)
     );
 }
@@ -768,8 +872,13 @@ async fn x_matrix_from_a_server_with_badly_signed_keys_is_refused() {
     let dest = Destination::Server(name("dest.test"));
     let header = sign_request(&key, &evil, &dest, "GET", "/x", None).unwrap();
 
-    let result = store.verify_request(&header, "GET", "/x", None, &dest).await;
-    assert!(matches!(result, Err(XMatrixError::Signature(_))), "{result:?}");
+    let result = store
+        .verify_request(&header, "GET", "/x", None, &dest)
+        .await;
+    assert!(
+        matches!(result, Err(XMatrixError::Signature(_))),
+        "{result:?}"
+    );
 }
 
 /// What the destination server in the `send_signed` test knows.
@@ -799,7 +908,9 @@ async fn authenticated_echo(
         .verify_request(authorization, method.as_str(), uri, content.as_ref(), &ours)
         .await
     {
-        Ok(origin) => axum::Json(json!({"origin": origin.as_str(), "content": content})).into_response(),
+        Ok(origin) => {
+            axum::Json(json!({"origin": origin.as_str(), "content": content})).into_response()
+        }
         Err(e) => (
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"errcode": "M_UNAUTHORIZED", "error": e.to_string()})),
@@ -840,10 +951,18 @@ async fn send_signed_is_verified_by_the_destination() {
     );
     let content = json!({"pdus": [], "edus": [], "origin": origin.as_str()});
     let answer = sender
-        .send_signed(&dest, Method::PUT, "/_matrix/federation/v1/send/t1?a=b", Some(&content))
+        .send_signed(
+            &dest,
+            Method::PUT,
+            "/_matrix/federation/v1/send/t1?a=b",
+            Some(&content),
+        )
         .await
         .unwrap();
-    assert_eq!(answer, json!({"origin": origin.as_str(), "content": content}));
+    assert_eq!(
+        answer,
+        json!({"origin": origin.as_str(), "content": content})
+    );
     let answer = sender
         .send_signed(&dest, Method::GET, "/_matrix/federation/v1/version", None)
         .await
@@ -877,4 +996,72 @@ async fn send_signed_is_verified_by_the_destination() {
         anonymous.send_signed(&dest, Method::GET, "/", None).await,
         Err(FederationError::NoSigningKey)
     ));
+}
+
+/// Server-Server API, "Request Authentication": the key must be valid now.
+/// A server publishing keys whose `valid_until_ts` has passed is refused,
+/// and a failed fetch is not repeated for every request.
+#[tokio::test]
+async fn x_matrix_with_expired_keys_is_refused_without_refetch_storms() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
+    server.publish(keys_object(origin.as_str(), &key, &key, now_ms() - 60_000));
+    let store = key_store(&ca, &["origin.test"]);
+    let ours = Destination::Server(name("dest.test"));
+    let header = sign_request(&key, &origin, &ours, "GET", "/x", None).unwrap();
+    for _ in 0..3 {
+        let verified = store
+            .verify_request(&header, "GET", "/x", None, &ours)
+            .await;
+        assert!(
+            matches!(verified, Err(XMatrixError::Signature(_))),
+            "{verified:?}"
+        );
+    }
+    assert_eq!(server.fetches(), 1);
+}
+
+/// Key rotation (Synapse fetches again when a key id is unknown): after the
+/// origin switches from k1 to k2, a request signed with k2 verifies at once,
+/// through one refetch; an unknown id does not refetch again right away.
+#[tokio::test]
+async fn x_matrix_notices_key_rotation() {
+    let ca = TestCa::new();
+    let k1 = signing_key("k1", 7);
+    let k2 = signing_key("k2", 8);
+    let (origin, server) = key_server(&ca, "origin.test", &k1, &k1).await;
+    let store = key_store(&ca, &["origin.test"]);
+    let ours = Destination::Server(name("dest.test"));
+    let with_k1 = sign_request(&k1, &origin, &ours, "GET", "/x", None).unwrap();
+    assert_eq!(
+        store
+            .verify_request(&with_k1, "GET", "/x", None, &ours)
+            .await,
+        Ok(origin.clone())
+    );
+
+    server.publish(keys_object(origin.as_str(), &k2, &k2, an_hour_from_now()));
+    let with_k2 = sign_request(&k2, &origin, &ours, "GET", "/x", None).unwrap();
+    assert_eq!(
+        store
+            .verify_request(&with_k2, "GET", "/x", None, &ours)
+            .await,
+        Ok(origin.clone())
+    );
+    assert_eq!(server.fetches(), 2);
+
+    let k3 = signing_key("k3", 9);
+    let with_k3 = sign_request(&k3, &origin, &ours, "GET", "/x", None).unwrap();
+    assert!(
+        store
+            .verify_request(&with_k3, "GET", "/x", None, &ours)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        server.fetches(),
+        2,
+        "a second unknown id within the backoff is not fetched"
+    );
 }
