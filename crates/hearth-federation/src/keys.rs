@@ -196,23 +196,23 @@ impl KeyStore {
                 .refetched
                 .insert(server.clone(), Instant::now());
             let keys = self.fetch(server).await.map_err(|e| e.to_string())?;
-            if let Some(key) = keys.verify_keys.get(key_id) {
-                if keys.usable_until() >= now_ms() {
-                    return Ok(*key);
-                }
+            if let Some(key) = keys.verify_keys.get(key_id)
+                && keys.usable_until() >= now_ms()
+            {
+                return Ok(*key);
             }
         }
         Err(format!("{server} has no current key {key_id}"))
     }
 
     async fn fetch(&self, server: &ServerName) -> Result<Arc<ServerKeys>, KeyFetchError> {
-        if let Some(at) = self.cache().failed.get(server) {
-            if at.elapsed() < REFETCH_BACKOFF {
-                return Err(KeyFetchError::Invalid {
-                    server: server.to_string(),
-                    reason: "a fetch failed moments ago; not retrying yet".to_owned(),
-                });
-            }
+        if let Some(at) = self.cache().failed.get(server)
+            && at.elapsed() < REFETCH_BACKOFF
+        {
+            return Err(KeyFetchError::Invalid {
+                server: server.to_string(),
+                reason: "a fetch failed moments ago; not retrying yet".to_owned(),
+            });
         }
         let fetched_ts = now_ms();
         let result = match self.client.get_json(server, "/_matrix/key/v2/server").await {
