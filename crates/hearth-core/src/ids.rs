@@ -123,9 +123,95 @@ impl<'de> Deserialize<'de> for ServerName {
     }
 }
 
+/// A user ID, `@localpart:server_name` (spec appendix "User Identifiers").
+/// The localpart is checked loosely, as historical user IDs may hold any
+/// printable ASCII except `:`; the server name strictly.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId {
+    full: String,
+    server_name: ServerName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid user ID {0:?}")]
+pub struct InvalidUserId(String);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<Self, InvalidUserId> {
+        let bad = || InvalidUserId(s.to_owned());
+        if s.len() > 255 {
+            return Err(bad());
+        }
+        let (localpart, server) = s
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(bad)?;
+        if localpart.is_empty() || !localpart.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(bad());
+        }
+        let server_name = ServerName::parse(server).map_err(|_| bad())?;
+        Ok(Self {
+            full: s.to_owned(),
+            server_name,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.full, f)
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids() {
+        let u = UserId::parse("@alice:example.org:8448").unwrap();
+        assert_eq!(u.server_name().as_str(), "example.org:8448");
+        assert_eq!(
+            UserId::parse("@Al.ice=_/+:localhost").unwrap().as_str(),
+            "@Al.ice=_/+:localhost"
+        );
+        for bad in [
+            "alice:example.org",
+            "@:example.org",
+            "@alice",
+            "@al ice:x.org",
+            "@a:bad name",
+        ] {
+            assert!(UserId::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn spec_appendix_examples_parse() {

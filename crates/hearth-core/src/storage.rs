@@ -187,3 +187,70 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
 pub fn default_sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("hearth.db").display())
 }
+
+/// Fresh databases for tests in every crate: SQLite always, PostgreSQL when
+/// `HEARTH_TEST_POSTGRES` names a server (in a schema of its own, so tests
+/// running at once never meet). Under `CI`, a missing PostgreSQL is an error:
+/// the PostgreSQL path must not be skipped silently.
+#[cfg(feature = "testing")]
+pub mod testing {
+    use super::{Database, Executor};
+    use std::time::Duration;
+
+    /// A migrated SQLite database in a new temporary directory, which lives
+    /// as long as the returned guard.
+    pub async fn sqlite() -> (Database, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = super::default_sqlite_url(dir.path());
+        let db = Database::connect(&url, 4, Duration::from_secs(5))
+            .await
+            .expect("SQLite opens");
+        db.migrate().await.expect("SQLite migrates");
+        (db, dir)
+    }
+
+    /// A migrated PostgreSQL database in a fresh schema, or `None` when no
+    /// server is configured outside CI.
+    pub async fn postgres() -> Option<Database> {
+        let url = match std::env::var("HEARTH_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI is set but HEARTH_TEST_POSTGRES is not: the PostgreSQL tests would not run"
+                );
+                return None;
+            }
+        };
+        let admin = Database::connect(&url, 1, Duration::from_secs(5))
+            .await
+            .expect("PostgreSQL connects");
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).expect("randomness");
+        let schema: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let schema = format!("test_{schema}");
+        admin
+            .pool()
+            .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .await
+            .expect("schema created");
+        admin.close().await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let db = Database::connect(&url, 4, Duration::from_secs(5))
+            .await
+            .expect("PostgreSQL connects to the test schema");
+        db.migrate().await.expect("PostgreSQL migrates");
+        Some(db)
+    }
+
+    /// Every backend available to this test run.
+    pub async fn all() -> Vec<(Database, Option<tempfile::TempDir>)> {
+        let (sqlite, dir) = sqlite().await;
+        let mut dbs = vec![(sqlite, Some(dir))];
+        if let Some(pg) = postgres().await {
+            dbs.push((pg, None));
+        }
+        dbs
+    }
+}

@@ -14,10 +14,11 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,8 +61,14 @@ fn routes() -> Router {
         .route("/forbidden", get(forbidden_with_extras))
 }
 
+/// `public_app`, after the test binary's tracing subscriber is in place.
+fn public(routes: Router, config: &HttpConfig) -> Router {
+    init_tracing();
+    public_app(routes, config)
+}
+
 fn app(config: &HttpConfig) -> Router {
-    public_app(routes(), config)
+    public(routes(), config)
 }
 
 fn request(method: Method, uri: &str, body: impl Into<Body>) -> Request<Body> {
@@ -74,6 +81,10 @@ fn request(method: Method, uri: &str, body: impl Into<Body>) -> Request<Body> {
 
 fn get_req(uri: &str) -> Request<Body> {
     request(Method::GET, uri, Body::empty())
+}
+
+fn post_json(uri: &str, body: &'static str) -> Request<Body> {
+    request(Method::POST, uri, body)
 }
 
 /// A request as `serve` hands it to the app: with the peer address.
@@ -194,6 +205,17 @@ async fn cors_headers_on_error_responses() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_cors(&reply.headers);
 
+    let reply = send(&app, post_json("/echo", "not json")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_cors(&reply.headers);
+}
+
+/// Identity Service API "Web browser clients": "on all requests" includes the
+/// 500 that replaces a panicking handler, or a browser client sees a CORS
+/// failure instead of the error.
+#[tokio::test]
+async fn cors_headers_on_a_panic_response() {
+    let app = app(&HttpConfig::default());
     let reply = send(&app, get_req("/panic")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_cors(&reply.headers);
@@ -213,7 +235,7 @@ async fn options_preflight_is_answered_without_running_the_handler() {
             axum::Json(json!({"ran": true}))
         }
     };
-    let app = public_app(
+    let app = public(
         Router::new().route("/counted", post(counted)),
         &HttpConfig::default(),
     );
@@ -246,8 +268,13 @@ async fn options_preflight_is_answered_without_running_the_handler() {
 #[tokio::test]
 async fn json_extractor_rejects_invalid_json_with_not_json() {
     let app = app(&HttpConfig::default());
-    for body in ["{\"name\": ", "not json at all", "", "{'name': 'single quotes'}"] {
-        let reply = send(&app, request(Method::POST, "/echo", body)).await;
+    for body in [
+        "{\"name\": ",
+        "not json at all",
+        "",
+        "{'name': 'single quotes'}",
+    ] {
+        let reply = send(&app, post_json("/echo", body)).await;
         assert_matrix_error(&reply, StatusCode::BAD_REQUEST, "M_NOT_JSON");
     }
 }
@@ -266,7 +293,7 @@ async fn json_extractor_rejects_wrong_shape_with_bad_json() {
         r#"["alice", 3, 4]"#,
         "null",
     ] {
-        let reply = send(&app, request(Method::POST, "/echo", body)).await;
+        let reply = send(&app, post_json("/echo", body)).await;
         assert_matrix_error(&reply, StatusCode::BAD_REQUEST, "M_BAD_JSON");
     }
 }
@@ -358,7 +385,11 @@ fn assert_limited(reply: &Reply) {
 async fn rate_limit_is_per_client_address() {
     let app = limited(Vec::new());
     for port in [1000, 1001] {
-        let reply = send(&app, from_peer(get_req("/ok"), &format!("203.0.113.5:{port}"))).await;
+        let reply = send(
+            &app,
+            from_peer(get_req("/ok"), &format!("203.0.113.5:{port}")),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     let reply = send(&app, from_peer(get_req("/ok"), "203.0.113.5:1002")).await;
@@ -368,7 +399,11 @@ async fn rate_limit_is_per_client_address() {
     assert_limited(&reply);
 
     let reply = send(&app, from_peer(get_req("/ok"), "198.51.100.7:1000")).await;
-    assert_eq!(reply.status, StatusCode::OK, "another address has its own bucket");
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "another address has its own bucket"
+    );
     // IPv4-mapped IPv6 is the same client as its IPv4 form.
     let reply = send(&app, from_peer(get_req("/ok"), "[::ffff:203.0.113.5]:1004")).await;
     assert_limited(&reply);
@@ -397,15 +432,26 @@ async fn rate_limit_behind_a_trusted_proxy_keys_on_forwarded_for() {
             .insert("x-forwarded-for", client.parse().unwrap());
         req
     };
-    assert_eq!(send(&app, via_proxy("203.0.113.1")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, via_proxy("203.0.113.1")).await.status,
+        StatusCode::OK
+    );
     // A client-supplied entry left of the proxy's own is not what counts.
     assert_eq!(
-        send(&app, via_proxy("192.0.2.99, 203.0.113.1")).await.status,
+        send(&app, via_proxy("192.0.2.99, 203.0.113.1"))
+            .await
+            .status,
         StatusCode::OK
     );
     assert_limited(&send(&app, via_proxy("203.0.113.1")).await);
-    assert_eq!(send(&app, via_proxy("203.0.113.2")).await.status, StatusCode::OK);
-    assert_eq!(send(&app, via_proxy("203.0.113.2")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, via_proxy("203.0.113.2")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, via_proxy("203.0.113.2")).await.status,
+        StatusCode::OK
+    );
     assert_limited(&send(&app, via_proxy("203.0.113.2")).await);
 }
 
@@ -456,7 +502,10 @@ async fn a_slow_handler_gives_504_after_the_request_timeout() {
     let took = start.elapsed();
     assert_matrix_error(&reply, StatusCode::GATEWAY_TIMEOUT, "M_UNKNOWN");
     assert_cors(&reply.headers);
-    assert!(took >= Duration::from_millis(100), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(100),
+        "answered after {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
 }
 
@@ -487,13 +536,21 @@ async fn matrix_error_extra_fields_are_top_level() {
     assert_eq!(response.headers()[header::RETRY_AFTER], "3");
 }
 
-/// A `Write` into a shared buffer, for a test's own tracing subscriber.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// Where this thread's log lines go, while a test captures them.
+    static CAPTURE: RefCell<Option<Arc<Mutex<Vec<u8>>>>> = const { RefCell::new(None) };
+}
 
-impl Write for Capture {
+/// Writes a log line into the capture buffer of the current thread, if any.
+struct ThreadWriter;
+
+impl Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|capture| {
+            if let Some(buffer) = &*capture.borrow() {
+                buffer.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -501,30 +558,55 @@ impl Write for Capture {
     }
 }
 
+/// One global DEBUG-level subscriber for the whole test binary, installed
+/// before any app is built. Thread-scoped subscribers (`set_default`) race
+/// with tests on other threads over tracing's cached callsite interest, and
+/// then lose events; a single global dispatcher cannot. Each
+/// `#[tokio::test]` runs its app on its own thread, so lines are routed to
+/// the capturing test by thread.
+fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
+            .with_writer(|| ThreadWriter)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+    });
+}
+
+/// The log lines written on this thread while it lives.
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
 impl Capture {
+    fn start() -> Self {
+        init_tracing();
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        CAPTURE.with(|capture| *capture.borrow_mut() = Some(buffer.clone()));
+        Self(buffer)
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
-/// docs/privacy.md and the design's logging rule: request spans record the
-/// route template, never the raw URI, so access tokens in query strings
-/// (Client-Server API "Using access tokens") and 3PIDs in paths stay out of
-/// logs at DEBUG; client addresses too, unless `log_client_ips` is set.
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURE.with(|capture| capture.borrow_mut().take());
+    }
+}
+
+/// docs/architecture.md invariant: request spans record the route template,
+/// never the raw URI, so access tokens in query strings (Client-Server API
+/// "Using access tokens") and 3PIDs in paths stay out of logs at DEBUG;
+/// client addresses too, unless `log_client_ips` is set.
 #[tokio::test]
 async fn request_spans_do_not_leak_tokens_or_3pids() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-        .with_writer({
-            let capture = capture.clone();
-            move || capture.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+    let capture = Capture::start();
     let routes = Router::new()
         .route(
             "/_matrix/identity/v2/account",
@@ -534,7 +616,7 @@ async fn request_spans_do_not_leak_tokens_or_3pids() {
             "/x/{address}",
             get(|Path(address): Path<String>| async move { address.len().to_string() }),
         );
-    let app = public_app(routes, &HttpConfig::default());
+    let app = public(routes, &HttpConfig::default());
 
     let uri = "/_matrix/identity/v2/account?access_token=SECRETTOKEN";
     let response = app
@@ -545,7 +627,10 @@ async fn request_spans_do_not_leak_tokens_or_3pids() {
     assert_eq!(response.status(), StatusCode::OK);
     let response = app
         .clone()
-        .oneshot(from_peer(get_req("/x/alice@example.org"), "203.0.113.77:1235"))
+        .oneshot(from_peer(
+            get_req("/x/alice@example.org"),
+            "203.0.113.77:1235",
+        ))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -563,8 +648,14 @@ async fn request_spans_do_not_leak_tokens_or_3pids() {
         log.contains("route=/_matrix/identity/v2/account"),
         "no route template in: {log}"
     );
-    assert!(log.contains("route=/x/{address}"), "no route template in: {log}");
-    assert!(log.contains("route=unmatched"), "no fallback route in: {log}");
+    assert!(
+        log.contains("route=/x/{address}"),
+        "no route template in: {log}"
+    );
+    assert!(
+        log.contains("route=unmatched"),
+        "no fallback route in: {log}"
+    );
     for secret in [
         "SECRETTOKEN",
         "OTHERSECRET",
@@ -575,6 +666,37 @@ async fn request_spans_do_not_leak_tokens_or_3pids() {
     ] {
         assert!(!log.contains(secret), "{secret} leaked into: {log}");
     }
+}
+
+/// `[http] log_client_ips = true` (config/hearth.example.toml: "Write client
+/// IP addresses into request logs"; docs/architecture.md): the request span
+/// then records the resolved client address, the `X-Forwarded-For` one
+/// behind a trusted proxy.
+#[tokio::test]
+async fn log_client_ips_records_the_client_address_in_the_request_span() {
+    let capture = Capture::start();
+    let app = app(&HttpConfig {
+        log_client_ips: true,
+        trusted_proxies: vec!["10.0.0.1".parse().unwrap()],
+        ..HttpConfig::default()
+    });
+    let reply = send(&app, from_peer(get_req("/ok"), "203.0.113.78:1234")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut proxied = from_peer(get_req("/ok"), "10.0.0.1:1234");
+    proxied
+        .headers_mut()
+        .insert("x-forwarded-for", "198.51.100.23".parse().unwrap());
+    assert_eq!(send(&app, proxied).await.status, StatusCode::OK);
+
+    let log = capture.text();
+    assert!(
+        log.contains("client_ip=203.0.113.78"),
+        "no client_ip in: {log}"
+    );
+    assert!(
+        log.contains("client_ip=198.51.100.23"),
+        "no client_ip in: {log}"
+    );
 }
 
 /// Reads an HTTP/1.1 response the server ends by closing the connection.
@@ -617,7 +739,7 @@ async fn serve_over_tcp_with_graceful_shutdown() {
             get(|ClientIp(ip): ClientIp| async move { format!("{ip:?}") }),
         )
         .route("/slow", get(slow));
-    let app = public_app(routes, &HttpConfig::default());
+    let app = public(routes, &HttpConfig::default());
 
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listener = Listener { tcp, tls: None };
@@ -629,11 +751,18 @@ async fn serve_over_tcp_with_graceful_shutdown() {
 
     let ok = raw_request(addr, "/ok").await;
     assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-    assert!(ok.to_ascii_lowercase().contains("access-control-allow-origin: *"), "{ok}");
+    assert!(
+        ok.to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{ok}"
+    );
     assert!(ok.ends_with(r#"{"ok":true}"#), "{ok}");
 
     let unknown = raw_request(addr, "/nope").await;
-    assert!(unknown.starts_with("HTTP/1.1 404 Not Found\r\n"), "{unknown}");
+    assert!(
+        unknown.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{unknown}"
+    );
     assert!(unknown.contains("M_UNRECOGNIZED"), "{unknown}");
 
     let whoami = raw_request(addr, "/whoami").await;

@@ -36,16 +36,19 @@ pub fn public_app(routes: Router, config: &HttpConfig) -> Router {
     routes
         .fallback(|| async { MatrixError::unrecognized() })
         .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
+        // Innermost first: a panic becomes a Matrix error that every outer
+        // layer (CORS, metrics, the request span) still sees.
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(MatrixError::internal("handler panicked"))
+        }))
         .layer(DefaultBodyLimit::max(config.max_body_size.0))
         .layer(middleware::from_fn_with_state(limiter, rate_limit))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(middleware::from_fn(trace::metrics))
-        .layer(trace::layer())
+        // Inside the span, so the client address can be recorded in it.
         .layer(middleware::from_fn_with_state(policy, client_ip::resolve))
+        .layer(trace::layer())
         .layer(middleware::from_fn(cors))
-        .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(MatrixError::internal("handler panicked"))
-        }))
 }
 
 /// Bounds a handler's time, so no request holds a connection forever.
