@@ -1,0 +1,88 @@
+//! Checking a homeserver's OpenID token (Client-Server "OpenID", Server-Server
+//! `GET /_matrix/federation/v1/openid/userinfo`).
+
+use hearth_core::ids::{ServerName, UserId};
+use hearth_core::{MatrixError, Redacted};
+use hearth_federation::{FederationClient, FederationError};
+use serde::Deserialize;
+
+/// The body of `POST /account/register`: what the homeserver's
+/// `/openid/request_token` returned.
+#[derive(Debug, Deserialize)]
+pub struct OpenIdCredentials {
+    pub access_token: Redacted<String>,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    pub matrix_server_name: String,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+/// Asks the homeserver who the token belongs to. The answer must be a user
+/// of that same homeserver, or anyone could vouch for anyone.
+pub(crate) async fn userinfo(
+    federation: &FederationClient,
+    credentials: &OpenIdCredentials,
+) -> Result<UserId, MatrixError> {
+    let invalid = || MatrixError::unauthorized("Supplied OpenID credentials are invalid");
+    if credentials
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("Bearer"))
+    {
+        return Err(MatrixError::invalid_param("token_type must be Bearer"));
+    }
+    let server = ServerName::parse(&credentials.matrix_server_name)
+        .map_err(|_| MatrixError::invalid_param("matrix_server_name is not a server name"))?;
+    let token = credentials.access_token.expose();
+    let path = format!(
+        "/_matrix/federation/v1/openid/userinfo?access_token={}",
+        percent_encode(token)
+    );
+    let answer = match federation.get_json(&server, &path).await {
+        Ok(answer) => answer,
+        Err(FederationError::Status { status, .. }) => {
+            tracing::info!(%server, %status, "homeserver refused the OpenID token");
+            return Err(invalid());
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reach the homeserver to check an OpenID token");
+            return Err(MatrixError::new(
+                http::StatusCode::BAD_GATEWAY,
+                hearth_core::ErrCode::UNKNOWN,
+                "Could not reach the homeserver to check the OpenID token",
+            ));
+        }
+    };
+    let user_id = answer
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .and_then(|s| UserId::parse(s).ok())
+        .ok_or_else(invalid)?;
+    if user_id.server_name() != &server {
+        tracing::warn!(%server, "homeserver vouched for a user of another server");
+        return Err(invalid());
+    }
+    Ok(user_id)
+}
+
+/// Encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_encodes_reserved_characters() {
+        assert_eq!(super::percent_encode("a b/c+d=~_"), "a%20b%2Fc%2Bd%3D~_");
+    }
+}
