@@ -142,6 +142,18 @@ impl SigningKey {
         base64::encode(self.key.sign(message).to_bytes())
     }
 
+    /// A secret for `purpose`, derived from this key's seed: instances that
+    /// share the key file share it, and it changes when the key does.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"hearth derived secret\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.key.to_bytes());
+        hasher.finalize().into()
+    }
+
     /// One line of Synapse's key file, with its newline.
     pub fn to_synapse_line(&self) -> String {
         format!(

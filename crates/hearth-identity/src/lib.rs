@@ -1,18 +1,168 @@
-//! Matrix Identity Service API v2. The endpoints arrive with the identity
-//! issue; for now the crate holds the `[identity]` config section so the
-//! binary, the example config and `hearth identity` are already shaped for it.
+//! The Matrix Identity Service API v2 (spec "Identity Service API"), with
+//! accounts and terms from `hearth-auth`. No v1 endpoint is served.
+//!
+//! Modules follow the spec's sections: `status` (versions, status),
+//! `pubkey` (key management), `lookup` (hashed association lookup),
+//! `sessions` and `validation` (3PID validation by email and phone),
+//! `associations` (bind, unbind, validated 3PIDs), `invites` (store-invite,
+//! ephemeral signing, the onbind outbox).
 
-use serde::{Deserialize, Serialize};
+mod associations;
+mod config;
+mod email;
+mod invites;
+mod lookup;
+mod pubkey;
+mod sessions;
+mod sms;
+mod status;
+mod threepid;
+mod validation;
 
-/// `[identity]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    pub enabled: bool,
+pub use config::{Config, EmailConfig, InvitesConfig, SmsConfig, SmsSender, SmtpTls};
+pub use lookup::rotate_pepper_if_due;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{get, post};
+use hearth_auth::Auth;
+use hearth_core::ids::ServerName;
+use hearth_core::keys::SigningKey;
+use hearth_core::storage::Database;
+use hearth_federation::{FederationClient, KeyStore};
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Everything the identity service's handlers share.
+#[derive(Debug)]
+pub struct Identity {
+    pub server_name: ServerName,
+    pub public_base_url: String,
+    /// Signs associations and invites; its id is published at `/pubkey`.
+    pub signing_key: SigningKey,
+    pub db: Database,
+    pub auth: Auth,
+    pub federation: FederationClient,
+    pub keys: KeyStore,
+    pub(crate) mailer: email::Mailer,
+    pub(crate) sms: sms::Sender,
+    pub config: Config,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self { enabled: true }
+/// The router state: a cheap handle on [`Identity`].
+#[derive(Debug, Clone)]
+pub struct IdentityState(pub Arc<Identity>);
+
+impl Deref for IdentityState {
+    type Target = Identity;
+    fn deref(&self) -> &Identity {
+        &self.0
     }
+}
+
+impl FromRef<IdentityState> for Auth {
+    fn from_ref(state: &IdentityState) -> Auth {
+        state.auth.clone()
+    }
+}
+
+/// The name under which this service keeps tokens and terms acceptances.
+pub const SERVICE: &str = "identity";
+
+/// Builds the identity service from its parts, checking its config.
+pub fn build(
+    server_name: ServerName,
+    signing_key: SigningKey,
+    db: Database,
+    federation: FederationClient,
+    config: Config,
+) -> Result<IdentityState, String> {
+    let public_base_url = config
+        .public_base_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{server_name}"));
+    let auth = Auth::new(
+        SERVICE,
+        db.clone(),
+        federation.clone(),
+        &config.auth,
+        &public_base_url,
+        // Synapse still sends `?access_token=` (to `/hash_details`, v1.11-era).
+        &["access_token"],
+    )?;
+    let mailer = email::Mailer::new(&config.email)?;
+    let sms = sms::Sender::new(&config.sms)?;
+    Ok(IdentityState(Arc::new(Identity {
+        server_name,
+        public_base_url,
+        signing_key,
+        keys: KeyStore::new(federation.clone()),
+        db,
+        auth,
+        federation,
+        mailer,
+        sms,
+        config,
+    })))
+}
+
+pub fn router(state: IdentityState) -> Router {
+    let v2 = Router::new()
+        .route("/", get(status::status))
+        .route("/account/register", post(register))
+        .route("/account", get(hearth_auth::get_account))
+        .route("/account/logout", post(hearth_auth::logout))
+        .route(
+            "/terms",
+            get(hearth_auth::get_terms).post(hearth_auth::accept_terms),
+        )
+        .route("/pubkey/isvalid", get(pubkey::is_valid))
+        .route("/pubkey/ephemeral/isvalid", get(pubkey::ephemeral_is_valid))
+        .route("/pubkey/{key_id}", get(pubkey::get_public_key))
+        .route("/hash_details", get(lookup::hash_details))
+        .route("/lookup", post(lookup::lookup))
+        .route(
+            "/validate/email/requestToken",
+            post(validation::email_request_token),
+        )
+        .route(
+            "/validate/email/submitToken",
+            get(validation::submit_token_get).post(validation::submit_token_post),
+        )
+        .route(
+            "/validate/msisdn/requestToken",
+            post(validation::msisdn_request_token),
+        )
+        .route(
+            "/validate/msisdn/submitToken",
+            get(validation::submit_token_get).post(validation::submit_token_post),
+        )
+        .route(
+            "/3pid/getValidated3pid",
+            get(associations::get_validated_3pid),
+        )
+        .route("/3pid/bind", post(associations::bind))
+        .route("/3pid/unbind", post(associations::unbind))
+        .route("/store-invite", post(invites::store_invite))
+        .route("/sign-ed25519", post(invites::sign_ed25519));
+    Router::new()
+        .route("/_matrix/identity/versions", get(status::versions))
+        .nest("/_matrix/identity/v2", v2)
+        .route(
+            "/_hearth/terms/{service}/{id}/{version}/{lang}",
+            get(hearth_auth::terms_document),
+        )
+        .with_state(state)
+}
+
+/// `POST /account/register`: Sydent's shape, `token` plus the legacy
+/// `access_token` that older Element reads.
+async fn register(
+    axum::extract::State(state): axum::extract::State<IdentityState>,
+    hearth_core::Json(credentials): hearth_core::Json<hearth_auth::OpenIdCredentials>,
+) -> Result<hearth_core::Json<serde_json::Value>, hearth_core::MatrixError> {
+    let (_, token) = state.auth.register(&credentials).await?;
+    Ok(hearth_core::Json(
+        serde_json::json!({ "token": token, "access_token": token }),
+    ))
 }

@@ -1,0 +1,190 @@
+//! Spec "Establishing associations": validated 3PIDs, bind, unbind.
+
+use crate::threepid::canonical;
+use crate::{IdentityState, invites, lookup, sessions};
+use axum::extract::{OriginalUri, Query, State};
+use hearth_auth::TermsAccepted;
+use hearth_core::ids::UserId;
+use hearth_core::signed_json::sign_json;
+use hearth_core::time::now_ms;
+use hearth_core::{ErrCode, Json, MatrixError};
+use hearth_federation::xmatrix::Destination;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Associations are valid for a century, as Sydent signs them.
+const ASSOCIATION_LIFETIME_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionQuery {
+    sid: String,
+    client_secret: String,
+}
+
+/// `GET /3pid/getValidated3pid`.
+pub(crate) async fn get_validated_3pid(
+    State(state): State<IdentityState>,
+    _: TermsAccepted,
+    Query(query): Query<SessionQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let session = sessions::validated(
+        &state.db,
+        &query.sid,
+        &query.client_secret,
+        state.config.session_lifetime.as_millis_i64(),
+    )
+    .await?;
+    Ok(Json(json!({
+        "medium": session.medium,
+        "address": session.address,
+        "validated_at": session.validated_ts,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BindRequest {
+    sid: String,
+    client_secret: String,
+    mxid: UserId,
+}
+
+/// `POST /3pid/bind`: publishes the association, signed with our key, and
+/// queues the `onbind` callback for invites waiting on this address.
+pub(crate) async fn bind(
+    State(state): State<IdentityState>,
+    TermsAccepted(user): TermsAccepted,
+    Json(request): Json<BindRequest>,
+) -> Result<Json<Value>, MatrixError> {
+    if request.mxid != user.user_id {
+        return Err(MatrixError::new(
+            StatusCode::FORBIDDEN,
+            ErrCode::UNAUTHORIZED,
+            "The token's user and mxid differ",
+        ));
+    }
+    let session = sessions::validated(
+        &state.db,
+        &request.sid,
+        &request.client_secret,
+        state.config.session_lifetime.as_millis_i64(),
+    )
+    .await?;
+    let ts = now_ms();
+    let mut association = json!({
+        "address": session.address,
+        "medium": session.medium,
+        "mxid": request.mxid,
+        "not_before": ts,
+        "not_after": ts + ASSOCIATION_LIFETIME_MS,
+        "ts": ts,
+    });
+    let mut tx = state.db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO identity_associations (medium, address, mxid, ts, not_before, not_after)
+         VALUES ($1, $2, $3, $4, $4, $5)
+         ON CONFLICT (medium, address) DO UPDATE SET mxid = $3, ts = $4, not_before = $4, not_after = $5",
+    )
+    .bind(&session.medium)
+    .bind(&session.address)
+    .bind(request.mxid.as_str())
+    .bind(ts)
+    .bind(ts + ASSOCIATION_LIFETIME_MS)
+    .execute(&mut *tx)
+    .await?;
+    lookup::index_association(&mut tx, &session.medium, &session.address, request.mxid.as_str())
+        .await?;
+    invites::on_bound(&state, &mut tx, &session.medium, &session.address, &request.mxid).await?;
+    tx.commit().await?;
+    sign_json(&mut association, state.server_name.as_str(), &state.signing_key)
+        .map_err(MatrixError::internal)?;
+    tracing::info!("3PID bound");
+    Ok(Json(association))
+}
+
+#[derive(Debug, Deserialize)]
+struct ThreePid {
+    medium: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct UnbindRequest {
+    mxid: UserId,
+    threepid: ThreePid,
+    sid: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// `POST /3pid/unbind`: either signed (X-Matrix) by the homeserver that
+/// owns `mxid`, or proven with a validated session for the same 3PID.
+/// Removing a binding that does not exist is not an error.
+pub(crate) async fn unbind(
+    State(state): State<IdentityState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Json(content): Json<Value>,
+) -> Result<Json<Value>, MatrixError> {
+    let request: UnbindRequest = serde_json::from_value(content.clone())
+        .map_err(|e| MatrixError::bad_json(format!("Malformed JSON: {e}")))?;
+    let address = canonical(&request.threepid.medium, &request.threepid.address)?;
+    if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
+        let authorization = authorization
+            .to_str()
+            .map_err(|_| MatrixError::forbidden("Malformed Authorization header"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let origin = state
+            .keys
+            .verify_request(
+                authorization,
+                "POST",
+                path,
+                Some(&content),
+                &Destination::IdentityServer(state.server_name.clone()),
+            )
+            .await
+            .map_err(|e| MatrixError::forbidden(format!("X-Matrix authentication failed: {e}")))?;
+        if &origin != request.mxid.server_name() {
+            return Err(MatrixError::forbidden(
+                "Only the homeserver of mxid may unbind it",
+            ));
+        }
+    } else if let (Some(sid), Some(client_secret)) = (&request.sid, &request.client_secret) {
+        let session = sessions::validated(
+            &state.db,
+            sid,
+            client_secret,
+            state.config.session_lifetime.as_millis_i64(),
+        )
+        .await
+        .map_err(|e| MatrixError::forbidden(e.error))?;
+        if session.medium != request.threepid.medium || session.address != address {
+            return Err(MatrixError::forbidden(
+                "The session validated another 3PID",
+            ));
+        }
+    } else {
+        return Err(MatrixError::forbidden(
+            "Unbinding needs an X-Matrix signature or sid and client_secret",
+        ));
+    }
+    let mut tx = state.db.pool().begin().await?;
+    let removed = sqlx::query(
+        "DELETE FROM identity_associations WHERE medium = $1 AND address = $2 AND mxid = $3",
+    )
+    .bind(&request.threepid.medium)
+    .bind(&address)
+    .bind(request.mxid.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if removed.rows_affected() > 0 {
+        sqlx::query("DELETE FROM identity_lookup_hashes WHERE medium = $1 AND address = $2")
+            .bind(&request.threepid.medium)
+            .bind(&address)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!("3PID unbound");
+    }
+    tx.commit().await?;
+    Ok(Json(json!({})))
+}
