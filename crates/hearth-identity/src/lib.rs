@@ -66,6 +66,27 @@ impl FromRef<IdentityState> for Auth {
     }
 }
 
+/// Periodic upkeep until `shutdown`: the pepper rotates on schedule and
+/// expired validation sessions are deleted.
+pub async fn run_background(state: IdentityState, shutdown: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => return,
+        }
+        if let Err(e) = lookup::rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await
+        {
+            tracing::warn!(error = %e, "pepper rotation failed; will retry");
+        }
+        let lifetime = state.config.session_lifetime.as_millis_i64();
+        if let Err(e) = sessions::purge_expired(&state.db, lifetime).await {
+            tracing::warn!(error = %e, "purging expired sessions failed; will retry");
+        }
+    }
+}
+
 /// The name under which this service keeps tokens and terms acceptances.
 pub const SERVICE: &str = "identity";
 

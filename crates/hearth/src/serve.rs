@@ -12,6 +12,7 @@ use axum::routing::get;
 use hearth_core::http::{Listener, load_tls, public_app, serve};
 use hearth_core::storage::{Backend, Database};
 use hearth_federation::FederationClient;
+use hearth_federation::client::Origin;
 use hearth_federation::connect::SystemDns;
 use http::StatusCode;
 use std::fmt::Write as _;
@@ -53,10 +54,14 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     if let Some(files) = config.tls_files()? {
         load_tls(&files).map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
     }
-    let dns = SystemDns::new().context("reading the system DNS configuration")?;
-    FederationClient::new(&config.federation, Arc::new(dns), None)
-        .map_err(|e| anyhow::anyhow!("federation: {e}"))?;
+    federation_client(config, None)?;
     Ok(())
+}
+
+fn federation_client(config: &Config, origin: Option<Origin>) -> anyhow::Result<FederationClient> {
+    let dns = SystemDns::new().context("reading the system DNS configuration")?;
+    FederationClient::new(&config.federation, Arc::new(dns), origin)
+        .map_err(|e| anyhow::anyhow!("federation: {e}"))
 }
 
 pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
@@ -77,8 +82,37 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
     let old_verify_keys = db.old_verify_keys().await?;
     let metrics = hearth_core::metrics::install();
 
+    let federation = federation_client(
+        &config,
+        Some(Origin {
+            server_name: config.server_name.clone(),
+            key: signing_keys[0].clone(),
+        }),
+    )?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
     let mut routes = Router::new();
     let mut served = Vec::new();
+    if config.identity.enabled {
+        let identity = hearth_identity::build(
+            config.server_name.clone(),
+            signing_keys[0].clone(),
+            db.clone(),
+            federation.clone(),
+            config.identity.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+        routes = routes.merge(hearth_identity::router(identity.clone()));
+        tasks.spawn(hearth_identity::run_background(identity, stopped()));
+        served.push("identity (/_matrix/identity)");
+    }
     if config.notary.enabled {
         routes = routes.merge(hearth_notary::router(Arc::new(hearth_notary::Notary {
             server_name: config.server_name.clone(),
@@ -89,7 +123,6 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         served.push("notary (/_matrix/key/v2/server)");
     }
     let not_built: Vec<&str> = [
-        ("identity", config.identity.enabled),
         ("integrations", config.integrations.enabled),
         ("turn", config.turn.enabled),
     ]
@@ -134,15 +167,7 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         summary(&config, &public, &admin_tcp, &served, &not_built, &db)?
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let app = public_app(routes, &config.http);
-    let mut tasks = tokio::task::JoinSet::new();
     for listener in public {
         tasks.spawn(serve(listener, app.clone(), stopped()));
     }
