@@ -92,12 +92,28 @@ pub(crate) async fn bind(
     .bind(ts + ASSOCIATION_LIFETIME_MS)
     .execute(&mut *tx)
     .await?;
-    lookup::index_association(&mut tx, &session.medium, &session.address, request.mxid.as_str())
-        .await?;
-    invites::on_bound(&state, &mut tx, &session.medium, &session.address, &request.mxid).await?;
+    lookup::index_association(
+        &mut tx,
+        &session.medium,
+        &session.address,
+        request.mxid.as_str(),
+    )
+    .await?;
+    invites::on_bound(
+        &state,
+        &mut tx,
+        &session.medium,
+        &session.address,
+        &request.mxid,
+    )
+    .await?;
     tx.commit().await?;
-    sign_json(&mut association, state.server_name.as_str(), &state.signing_key)
-        .map_err(MatrixError::internal)?;
+    sign_json(
+        &mut association,
+        state.server_name.as_str(),
+        &state.signing_key,
+    )
+    .map_err(MatrixError::internal)?;
     tracing::info!("3PID bound");
     Ok(Json(association))
 }
@@ -159,9 +175,7 @@ pub(crate) async fn unbind(
         .await
         .map_err(|e| MatrixError::forbidden(e.error))?;
         if session.medium != request.threepid.medium || session.address != address {
-            return Err(MatrixError::forbidden(
-                "The session validated another 3PID",
-            ));
+            return Err(MatrixError::forbidden("The session validated another 3PID"));
         }
     } else {
         return Err(MatrixError::forbidden(

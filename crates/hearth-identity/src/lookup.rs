@@ -62,9 +62,10 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
     let every_ms = every.as_millis_i64().max(60_000);
     let epoch = now_ms() / every_ms;
     let mut tx = db.pool().begin().await?;
-    let current = sqlx::query("SELECT epoch, pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?;
+    let current =
+        sqlx::query("SELECT epoch, pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
     if let Some(row) = &current {
         let current_epoch: i64 = row.try_get("epoch")?;
         if current_epoch >= epoch {
@@ -100,7 +101,14 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
@@ -125,7 +133,10 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(associations = associations.len(), "rotated the lookup pepper");
+    tracing::info!(
+        associations = associations.len(),
+        "rotated the lookup pepper"
+    );
     Ok(pepper)
 }
 
@@ -180,7 +191,9 @@ pub(crate) async fn hash_details(
         Some(p) => p,
         None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await?,
     };
-    Ok(Json(json!({ "lookup_pepper": pepper, "algorithms": algorithms(&state) })))
+    Ok(Json(
+        json!({ "lookup_pepper": pepper, "algorithms": algorithms(&state) }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,7 +274,10 @@ async fn by_hash(
 
 /// `none`: entries are `"<address> <medium>"`; the address is matched as
 /// given, like hashed lookups, which are case-sensitive too.
-async fn by_plaintext(db: &Database, entries: &[String]) -> Result<Map<String, Value>, MatrixError> {
+async fn by_plaintext(
+    db: &Database,
+    entries: &[String],
+) -> Result<Map<String, Value>, MatrixError> {
     let mut mappings = Map::new();
     for entry in entries {
         let Some((address, medium)) = entry.rsplit_once(' ') else {

@@ -13,7 +13,9 @@ pub(crate) async fn get_public_key(
     Path(key_id): Path<String>,
 ) -> Result<Json<Value>, MatrixError> {
     if key_id == state.signing_key.key_id() {
-        Ok(Json(json!({ "public_key": state.signing_key.public_key_base64() })))
+        Ok(Json(
+            json!({ "public_key": state.signing_key.public_key_base64() }),
+        ))
     } else {
         Err(MatrixError::not_found("The public key was not found"))
     }
@@ -26,7 +28,9 @@ pub(crate) struct PublicKeyQuery {
 
 /// Keys arrive in the standard or the URL-safe alphabet, padded or not.
 pub(crate) fn normalise_key(key: &str) -> String {
-    key.trim_end_matches('=').replace('-', "+").replace('_', "/")
+    key.trim_end_matches('=')
+        .replace('-', "+")
+        .replace('_', "/")
 }
 
 /// `GET /pubkey/isvalid`: whether this is our current long-term key.
@@ -47,6 +51,9 @@ pub(crate) async fn ephemeral_is_valid(
         .bind(normalise_key(&query.public_key))
         .fetch_optional(state.db.pool())
         .await?;
-    let valid = row.map(|r| r.try_get::<i32, _>("found")).transpose()?.is_some();
+    let valid = row
+        .map(|r| r.try_get::<i32, _>("found"))
+        .transpose()?
+        .is_some();
     Ok(Json(json!({ "valid": valid })))
 }

@@ -105,7 +105,10 @@ pub(crate) async fn request(
     .filter(|s| !s.expired(lifetime_ms) && s.failed_attempts < MAX_FAILED_ATTEMPTS);
     if let Some(mut session) = existing {
         if send_attempt <= session.send_attempt {
-            return Ok(Requested { session, send: false });
+            return Ok(Requested {
+                session,
+                send: false,
+            });
         }
         sqlx::query(
             "UPDATE identity_sessions SET send_attempt = $1, next_link = $2, updated_ts = $3 WHERE sid = $4",
@@ -119,7 +122,10 @@ pub(crate) async fn request(
         session.send_attempt = send_attempt;
         session.next_link = next_link.map(str::to_owned);
         session.updated_ts = now;
-        return Ok(Requested { session, send: true });
+        return Ok(Requested {
+            session,
+            send: true,
+        });
     }
     let session = Session {
         sid: random_sid(),
@@ -146,7 +152,10 @@ pub(crate) async fn request(
     .bind(now)
     .execute(db.pool())
     .await?;
-    Ok(Requested { session, send: true })
+    Ok(Requested {
+        session,
+        send: true,
+    })
 }
 
 fn random_sid() -> String {
@@ -219,10 +228,12 @@ pub(crate) async fn submit(
         return Ok(session);
     }
     if !constant_time_eq(token(key, &session).as_bytes(), submitted.trim().as_bytes()) {
-        sqlx::query("UPDATE identity_sessions SET failed_attempts = failed_attempts + 1 WHERE sid = $1")
-            .bind(sid)
-            .execute(db.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE identity_sessions SET failed_attempts = failed_attempts + 1 WHERE sid = $1",
+        )
+        .bind(sid)
+        .execute(db.pool())
+        .await?;
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
             ErrCode("M_TOKEN_INCORRECT"),

@@ -1,7 +1,7 @@
 //! 3PID media and canonical addresses (spec appendix "3PID Types").
 
-use hearth_core::MatrixError;
 use hearth_core::ErrCode;
+use hearth_core::MatrixError;
 use http::StatusCode;
 
 pub(crate) const EMAIL: &str = "email";
@@ -39,8 +39,12 @@ pub(crate) fn canonical(medium: &str, address: &str) -> Result<String, MatrixErr
         MSISDN if !address.is_empty() && address.bytes().all(|b| b.is_ascii_digit()) => {
             Ok(address.to_owned())
         }
-        MSISDN => Err(MatrixError::invalid_param("msisdn must be E.164 digits without '+'")),
-        _ => Err(MatrixError::invalid_param(format!("Unsupported medium {medium:?}"))),
+        MSISDN => Err(MatrixError::invalid_param(
+            "msisdn must be E.164 digits without '+'",
+        )),
+        _ => Err(MatrixError::invalid_param(format!(
+            "Unsupported medium {medium:?}"
+        ))),
     }
 }
 
@@ -50,9 +54,21 @@ mod tests {
 
     #[test]
     fn emails_are_case_folded() {
-        assert_eq!(canonical_email(" Alice@Example.ORG ").unwrap(), "alice@example.org");
-        assert_eq!(canonical_email("ÉMILE@exemple.fr").unwrap(), "émile@exemple.fr");
-        for bad in ["alice", "@example.org", "alice@", "a b@example.org", "alice@example"] {
+        assert_eq!(
+            canonical_email(" Alice@Example.ORG ").unwrap(),
+            "alice@example.org"
+        );
+        assert_eq!(
+            canonical_email("ÉMILE@exemple.fr").unwrap(),
+            "émile@exemple.fr"
+        );
+        for bad in [
+            "alice",
+            "@example.org",
+            "alice@",
+            "a b@example.org",
+            "alice@example",
+        ] {
             assert!(canonical_email(bad).is_err(), "{bad}");
         }
         assert!(canonical("msisdn", "447700900000").is_ok());
