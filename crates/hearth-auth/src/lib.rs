@@ -87,6 +87,13 @@ impl Auth {
         Ok((user_id, token))
     }
 
+    /// What is held about `user_id`: how many tokens, which policies accepted.
+    pub async fn export(&self, user_id: &UserId) -> Result<serde_json::Value, MatrixError> {
+        let tokens = store::count_tokens(&self.0.db, self.0.service, user_id).await?;
+        let accepted = store::accepted_urls(&self.0.db, self.0.service, user_id).await?;
+        Ok(serde_json::json!({ "active_tokens": tokens, "accepted_terms": accepted }))
+    }
+
     /// Erases every token and acceptance held for `user_id`.
     pub async fn forget(&self, user_id: &UserId) -> Result<(), MatrixError> {
         store::forget(&self.0.db, self.0.service, user_id).await

@@ -72,6 +72,20 @@ pub(crate) async fn delete_token(
     Ok(done.rows_affected() > 0)
 }
 
+pub(crate) async fn count_tokens(
+    db: &Database,
+    service: &str,
+    user_id: &UserId,
+) -> Result<i64, MatrixError> {
+    let row =
+        sqlx::query("SELECT COUNT(*) AS n FROM service_tokens WHERE service = $1 AND user_id = $2")
+            .bind(service)
+            .bind(user_id.as_str())
+            .fetch_one(db.pool())
+            .await?;
+    Ok(row.try_get("n")?)
+}
+
 pub(crate) async fn accepted_urls(
     db: &Database,
     service: &str,

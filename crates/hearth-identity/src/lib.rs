@@ -10,6 +10,7 @@
 mod associations;
 mod config;
 mod email;
+mod gdpr;
 mod invites;
 mod lookup;
 mod pubkey;
@@ -20,6 +21,7 @@ mod threepid;
 mod validation;
 
 pub use config::{Config, EmailConfig, InvitesConfig, SmsConfig, SmsSender, SmtpTls};
+pub use gdpr::{export, forget};
 pub use lookup::rotate_pepper_if_due;
 
 use axum::Router;

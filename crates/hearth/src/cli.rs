@@ -5,6 +5,7 @@ use crate::config::{Config, EXAMPLE};
 use crate::{health, keys, serve};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hearth_core::ids::UserId;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,8 +26,11 @@ pub(crate) struct Cli {
 enum Command {
     /// Run every enabled service.
     Serve,
-    /// Run only the identity service.
-    Identity,
+    /// Run only the identity service, or manage its data.
+    Identity {
+        #[command(subcommand)]
+        command: Option<IdentityCommand>,
+    },
     /// Run only the integration manager.
     Integrations,
     /// Run only the key notary.
@@ -43,6 +47,15 @@ enum Command {
     Keys(KeysCommand),
     /// Probe the admin listener's /health; exit 0 when healthy, 1 when not.
     Health,
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Print everything held about a user as JSON (GDPR access request).
+    Export { user_id: String },
+    /// Erase everything held about a user: bindings, invites they sent,
+    /// tokens, accepted terms (GDPR erasure request).
+    Forget { user_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,7 +93,28 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = |path: Option<&PathBuf>| Config::load(path.map(PathBuf::as_path));
     let only = match cli.command {
         Command::Serve => Only::All,
-        Command::Identity => Only::Identity,
+        Command::Identity { command: None } => Only::Identity,
+        Command::Identity {
+            command: Some(command),
+        } => {
+            let config = load(config_path.as_ref())?;
+            let identity = serve::identity_for_cli(&config).await?;
+            let mut out = std::io::stdout();
+            match command {
+                IdentityCommand::Export { user_id } => {
+                    let user_id = UserId::parse(&user_id)?;
+                    let data = hearth_identity::export(&identity, &user_id).await?;
+                    serde_json::to_writer_pretty(&mut out, &data)?;
+                    writeln!(out)?;
+                }
+                IdentityCommand::Forget { user_id } => {
+                    let user_id = UserId::parse(&user_id)?;
+                    hearth_identity::forget(&identity, &user_id).await?;
+                    writeln!(out, "erased everything held about {user_id}")?;
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Integrations => Only::Integrations,
         Command::Notary => Only::Notary,
         Command::Turn => Only::Turn,

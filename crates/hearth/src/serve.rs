@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use hearth_core::http::{Listener, load_tls, public_app, serve};
+use hearth_core::keys::SigningKey;
 use hearth_core::storage::{Backend, Database};
 use hearth_federation::FederationClient;
 use hearth_federation::client::Origin;
@@ -46,6 +47,38 @@ fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("creating data_dir {}", dir.display()))
+}
+
+/// The identity service's state, for commands that manage its data.
+pub(crate) async fn identity_for_cli(
+    config: &Config,
+) -> anyhow::Result<hearth_identity::IdentityState> {
+    let db = open_database(config).await?;
+    let (signing_keys, _) = load_or_create(config)?;
+    let federation = federation_client(
+        config,
+        Some(Origin {
+            server_name: config.server_name.clone(),
+            key: signing_keys[0].clone(),
+        }),
+    )?;
+    identity(config, &signing_keys, db, federation)
+}
+
+fn identity(
+    config: &Config,
+    signing_keys: &[SigningKey],
+    db: Database,
+    federation: FederationClient,
+) -> anyhow::Result<hearth_identity::IdentityState> {
+    hearth_identity::build(
+        config.server_name.clone(),
+        signing_keys[0].clone(),
+        db,
+        federation,
+        config.identity.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("identity: {e}"))
 }
 
 /// Validates what can be checked without binding or writing anything:
@@ -101,14 +134,7 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
     let mut routes = Router::new();
     let mut served = Vec::new();
     if config.identity.enabled {
-        let identity = hearth_identity::build(
-            config.server_name.clone(),
-            signing_keys[0].clone(),
-            db.clone(),
-            federation.clone(),
-            config.identity.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+        let identity = identity(&config, &signing_keys, db.clone(), federation.clone())?;
         routes = routes.merge(hearth_identity::router(identity.clone()));
         tasks.spawn(hearth_identity::run_background(identity, stopped()));
         served.push("identity (/_matrix/identity)");
