@@ -1,14 +1,17 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! Each peer the tests talk to (PostgreSQL today; Synapse, an SMTP capture
-//! server later) lives in its own module. A peer is set up before the test
-//! run, hands over the environment variables that point the tests at it, and
-//! stops what it started when dropped.
+//! Each peer the tests talk to (PostgreSQL, Python libraries such as
+//! `signedjson`; Synapse and an SMTP capture server later) lives in its own
+//! module. A peer is set up before the test run, hands over the environment
+//! variables that point the tests at it, and stops what it started when
+//! dropped. The end-to-end suite (`tests/`, package `hearth-e2e`) also gets
+//! a freshly built `hearth` binary in `HEARTH_BIN`.
 
 mod postgres;
+mod python;
 
 use std::env;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
@@ -19,8 +22,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args...]
 
 commands:
-  test [args...]   set up PostgreSQL, then run every test in the workspace;
-                   args go to `cargo nextest run` (or `cargo test`)
+  test [args...]   set up PostgreSQL, the Python peers and the hearth binary,
+                   then run every test in the workspace; args go to
+                   `cargo nextest run` (or `cargo test`)
   help             show this message";
 
 fn main() -> ExitCode {
@@ -45,44 +49,171 @@ fn main() -> ExitCode {
     })
 }
 
+/// The package holding the end-to-end suite, which needs the binary built.
+const E2E_PACKAGE: &str = "hearth-e2e";
+/// The variable the end-to-end harness reads to find the binary.
+const HEARTH_BIN_VAR: &str = "HEARTH_BIN";
+
 /// `cargo xtask test`: peers up, tests, peers down, the runner's exit code.
 fn test(args: &[String]) -> Result<ExitCode> {
     let root = workspace_root();
+    let runner = Runner::detect();
     // Bound for the whole run: dropping it stops the server, on every path.
     let postgres = postgres::Postgres::setup(&root)?;
-    let env = [(postgres::URL_VAR, postgres.url())];
-    let status = run_tests(&root, args, &env)?;
+    let mut env: Vec<(&str, OsString)> = vec![(postgres::URL_VAR, postgres.url().into())];
+    if runs_package(args, E2E_PACKAGE) {
+        let python = python::Python::setup(&root)?;
+        env.push((python::PYTHON_VAR, python.interpreter().into()));
+        env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
+    }
+    let status = run_tests(&root, runner, args, &env)?;
     drop(postgres);
     Ok(exit_code(status))
 }
 
-/// Runs nextest when installed (faster, clearer output), else `cargo test`.
-fn run_tests(root: &Path, args: &[String], env: &[(&str, &str)]) -> Result<ExitStatus> {
-    let mut cmd = Command::new(cargo());
-    if has_nextest() {
-        cmd.args(["nextest", "run"]);
-    } else {
-        eprintln!("xtask: cargo-nextest not found, using cargo test");
-        cmd.arg("test");
+/// Who runs the tests: nextest when installed (faster, clearer output),
+/// else `cargo test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    Nextest,
+    CargoTest,
+}
+
+impl Runner {
+    fn detect() -> Self {
+        if has_nextest() {
+            Self::Nextest
+        } else {
+            eprintln!("xtask: cargo-nextest not found, using cargo test");
+            Self::CargoTest
+        }
     }
+
+    /// The flag that picks a cargo profile: nextest's own `--profile` means
+    /// something else.
+    fn profile_flag(self) -> &'static str {
+        match self {
+            Self::Nextest => "--cargo-profile",
+            Self::CargoTest => "--profile",
+        }
+    }
+}
+
+fn run_tests(
+    root: &Path,
+    runner: Runner,
+    args: &[String],
+    env: &[(&str, OsString)],
+) -> Result<ExitStatus> {
+    let mut cmd = cargo_command();
+    match runner {
+        Runner::Nextest => cmd.args(["nextest", "run"]),
+        Runner::CargoTest => cmd.arg("test"),
+    };
     // Cargo lets `--workspace` win over `-p`, so leave it out when the caller
     // picked packages; otherwise `cargo xtask test -p foo` would run it all.
     if !selects_packages(args) {
         cmd.arg("--workspace");
     }
     cmd.arg("--no-fail-fast").args(args).current_dir(root);
-    cmd.envs(env.iter().copied());
+    cmd.envs(env.iter().map(|(key, value)| (OsStr::new(key), value)));
     eprintln!("xtask: running {}", describe(&cmd));
     cmd.status().context("could not start the test runner")
 }
 
+/// The `hearth` binary for the end-to-end suite: `HEARTH_BIN` when the
+/// caller set it, else built now with the profile the tests are built with.
+fn hearth_binary(root: &Path, runner: Runner, args: &[String]) -> Result<PathBuf> {
+    if let Some(bin) = env::var_os(HEARTH_BIN_VAR).filter(|bin| !bin.is_empty()) {
+        eprintln!("xtask: using the hearth binary from {HEARTH_BIN_VAR}");
+        return Ok(bin.into());
+    }
+    let profile = cargo_profile(runner, args);
+    let mut cmd = cargo_command();
+    cmd.args(["build", "--package", "hearth", "--profile", profile])
+        .current_dir(root);
+    eprintln!("xtask: building the hearth binary ({})", describe(&cmd));
+    run_visible(&mut cmd)?;
+    let bin = target_dir(root)
+        .join(profile_dir(profile))
+        .join(format!("hearth{}", env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!("cargo built no binary at {}", bin.display());
+    }
+    eprintln!("xtask: {HEARTH_BIN_VAR}={}", bin.display());
+    Ok(bin)
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (which `.ci/run` sets),
+/// relative to the root, where cargo runs; else `target/` in the root.
+fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// The cargo profile the runner arguments (before any `--`) ask for.
+fn cargo_profile(runner: Runner, args: &[String]) -> &str {
+    let flag = runner.profile_flag();
+    let mut profile = "dev";
+    let mut args = args.iter().take_while(|arg| *arg != "--");
+    while let Some(arg) = args.next() {
+        if arg == "--release" || arg == "-r" {
+            profile = "release";
+        } else if arg == flag {
+            if let Some(name) = args.next() {
+                profile = name;
+            }
+        } else if let Some(name) = arg
+            .strip_prefix(flag)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
+            profile = name;
+        }
+    }
+    profile
+}
+
+/// The directory under the target directory that a profile builds into.
+fn profile_dir(profile: &str) -> &str {
+    match profile {
+        "dev" | "test" => "debug",
+        "bench" => "release",
+        other => other,
+    }
+}
+
 fn has_nextest() -> bool {
-    Command::new(cargo())
+    cargo_command()
         .args(["nextest", "--version"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// The packages the runner arguments (before any `--`) name.
+fn selected_packages(args: &[String]) -> Vec<&str> {
+    let mut packages = Vec::new();
+    let mut args = args.iter().take_while(|arg| *arg != "--");
+    while let Some(arg) = args.next() {
+        if arg == "-p" || arg == "--package" {
+            packages.extend(args.next().map(String::as_str));
+        } else if let Some(name) = arg.strip_prefix("--package=") {
+            packages.push(name);
+        } else if let Some(name) = arg.strip_prefix("-p") {
+            packages.push(name);
+        }
+    }
+    packages
+}
+
+/// Whether the run includes `package`: every package runs unless some are
+/// picked.
+fn runs_package(args: &[String], package: &str) -> bool {
+    let picked = selected_packages(args);
+    !selects_packages(args) || picked.contains(&package)
 }
 
 /// Whether the runner arguments (before any `--`) name packages.
@@ -95,6 +226,35 @@ fn selects_packages(args: &[String]) -> bool {
 /// The cargo that runs us, so a toolchain override applies to the tests too.
 fn cargo() -> OsString {
     env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// A cargo command without the variables `cargo run` set for xtask itself
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...). Build scripts such as
+/// ring's declare `rerun-if-env-changed` on them, and cargo compares the
+/// values in its own environment: left in, every `cargo xtask test` would
+/// rebuild ring, rustls and sqlx, and so would the next plain `cargo build`.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(cargo());
+    for (key, _) in env::vars_os() {
+        if is_package_var(&key.to_string_lossy()) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
+/// Whether cargo sets `name` for the package it runs, rather than the user
+/// setting it for cargo.
+fn is_package_var(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// The workspace root: this crate sits directly inside it.
@@ -162,7 +322,10 @@ fn describe(cmd: &Command) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::selects_packages;
+    use super::{
+        Runner, cargo_profile, is_package_var, profile_dir, runs_package, selected_packages,
+        selects_packages,
+    };
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|arg| (*arg).to_owned()).collect()
@@ -175,5 +338,60 @@ mod tests {
         assert!(selects_packages(&args(&["--package=hearth-core"])));
         assert!(!selects_packages(&args(&["--release"])));
         assert!(!selects_packages(&args(&["--", "-p"])));
+    }
+
+    #[test]
+    fn picked_packages_are_read_in_every_spelling() {
+        let list = args(&[
+            "-p",
+            "a",
+            "-pb",
+            "--package",
+            "c",
+            "--package=d",
+            "--",
+            "-p",
+            "e",
+        ]);
+        assert_eq!(selected_packages(&list), ["a", "b", "c", "d"]);
+        assert!(runs_package(&args(&[]), "hearth-e2e"));
+        assert!(runs_package(&args(&["-p", "hearth-e2e"]), "hearth-e2e"));
+        assert!(!runs_package(&args(&["-p", "hearth-core"]), "hearth-e2e"));
+    }
+
+    #[test]
+    fn the_binary_is_built_with_the_profile_of_the_tests() {
+        let profile = |runner, list: &[&str]| cargo_profile(runner, &args(list)).to_owned();
+        assert_eq!(profile(Runner::Nextest, &[]), "dev");
+        assert_eq!(profile(Runner::Nextest, &["--release"]), "release");
+        assert_eq!(profile(Runner::Nextest, &["--cargo-profile", "ci"]), "ci");
+        // nextest's own --profile picks a nextest profile, not a cargo one.
+        assert_eq!(profile(Runner::Nextest, &["--profile", "ci"]), "dev");
+        assert_eq!(profile(Runner::CargoTest, &["--profile=bench"]), "bench");
+        assert_eq!(profile(Runner::CargoTest, &["--", "--release"]), "dev");
+        assert_eq!(profile_dir("dev"), "debug");
+        assert_eq!(profile_dir("bench"), "release");
+        assert_eq!(profile_dir("ci"), "ci");
+    }
+
+    #[test]
+    fn only_the_variables_cargo_sets_for_xtask_are_dropped() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(is_package_var(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_TERM_COLOR",
+            "RUSTFLAGS",
+        ] {
+            assert!(!is_package_var(name), "{name}");
+        }
     }
 }

@@ -17,7 +17,13 @@ use std::path::{Path, PathBuf};
 pub(crate) const EXAMPLE: &str = include_str!("../../../config/hearth.example.toml");
 
 /// Environment variables with our prefix that are not config keys.
-const NOT_CONFIG_KEYS: &[&str] = &["config", "test_postgres", "test_pg_port"];
+const NOT_CONFIG_KEYS: &[&str] = &[
+    "config",
+    "bin",
+    "test_postgres",
+    "test_pg_port",
+    "test_python",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
