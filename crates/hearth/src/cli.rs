@@ -126,10 +126,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = file.or(config_path);
             let config = load(path.as_ref())?;
             serve::check(&config)?;
-            let name = path.map_or_else(
+            let mut name = path.map_or_else(
                 || "embedded defaults".to_owned(),
                 |p| p.display().to_string(),
             );
+            // The environment overlays the file, so say when it took part.
+            if std::env::vars().any(|(k, _)| k.starts_with("HEARTH_") && k != "HEARTH_CONFIG") {
+                name.push_str(" with HEARTH_* environment overrides");
+            }
             writeln!(std::io::stdout(), "config OK: {name}")?;
             return Ok(ExitCode::SUCCESS);
         }
