@@ -117,6 +117,18 @@ impl FederationClient {
             .await
     }
 
+    /// An unauthenticated POST, such as `/_matrix/federation/v1/3pid/onbind`
+    /// (Synapse checks a signature when one is sent, so none is).
+    pub async fn post_json(
+        &self,
+        server: &ServerName,
+        path_and_query: &str,
+        content: &Value,
+    ) -> Result<Value, FederationError> {
+        self.send(server, Method::POST, path_and_query, Some(content), None)
+            .await
+    }
+
     /// A request signed with this server's key (X-Matrix, with `destination`).
     pub async fn send_signed(
         &self,

@@ -1,9 +1,526 @@
-//! PLACEHOLDER: replaced by the email helper.
-use crate::config::EmailConfig;
-#[derive(Debug)]
-pub(crate) struct Mailer;
+//! Mail: validation codes (spec "Email associations") and third-party
+//! invites (spec "Invitation storage"), sent over SMTP.
+//!
+//! Every mail is multipart text and HTML, rendered from templates compiled
+//! into the binary; a file of the same name in `email.templates_dir`
+//! replaces the built-in one. The same template set holds the pages the
+//! `GET submitToken` link shows and the SMS text, so one directory brands
+//! everything a person sees.
+//!
+//! Nothing here logs an address or a token: SMTP replies can quote the
+//! recipient, so failures are logged by kind and reply code only.
+
+use crate::config::{EmailConfig, SmtpTls};
+use crate::validation::Limiter;
+use hearth_core::config::resolve_secret;
+use hearth_core::{ErrCode, MatrixError};
+use http::StatusCode;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::{AsyncSmtpTransport, AsyncSmtpTransportBuilder};
+use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+use std::fmt;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long one SMTP exchange (connect, TLS, each command) may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The built-in templates, by file name. `layout.html` is the frame the
+/// HTML mails and pages extend; the `*_subject.txt` ones are one line.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("layout.html", include_str!("../templates/layout.html")),
+    (
+        "validation_subject.txt",
+        include_str!("../templates/validation_subject.txt"),
+    ),
+    (
+        "validation.txt",
+        include_str!("../templates/validation.txt"),
+    ),
+    (
+        "validation.html",
+        include_str!("../templates/validation.html"),
+    ),
+    (
+        "invite_subject.txt",
+        include_str!("../templates/invite_subject.txt"),
+    ),
+    ("invite.txt", include_str!("../templates/invite.txt")),
+    ("invite.html", include_str!("../templates/invite.html")),
+    (
+        "validation_sms.txt",
+        include_str!("../templates/validation_sms.txt"),
+    ),
+    (
+        "validated.html",
+        include_str!("../templates/validated.html"),
+    ),
+    (
+        "validation_failed.html",
+        include_str!("../templates/validation_failed.html"),
+    ),
+];
+
+/// The mails this service sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Template {
+    /// Context: `token`, `link`.
+    Validation,
+    /// Context: `sender_display_name`, `sender`, `room_name`, `room_alias`,
+    /// `room_id`, `room_type`, `web_client_location` and `invite_link`
+    /// (both may be null).
+    Invite,
+}
+
+impl Template {
+    fn stem(self) -> &'static str {
+        match self {
+            Self::Validation => "validation",
+            Self::Invite => "invite",
+        }
+    }
+}
+
+/// The template set: built-ins, then the operator's files over them.
+pub(crate) struct Templates {
+    env: minijinja::Environment<'static>,
+    brand: String,
+}
+
+impl fmt::Debug for Templates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Templates")
+            .field(
+                "names",
+                &self.env.templates().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Templates {
+    /// Loads the built-ins and, from `dir`, every `.txt` and `.html` file:
+    /// one named like a built-in replaces it, others can be included by
+    /// the overrides. Every template is parsed now, so a broken override
+    /// stops startup instead of a mail.
+    pub(crate) fn load(dir: Option<&Path>, brand: &str) -> Result<Self, String> {
+        let mut env = minijinja::Environment::new();
+        // Text templates read naturally with these: a `{% if %}` line
+        // leaves no blank line behind.
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| format!("template syntax: {e}"))?,
+        );
+        for (name, source) in BUILT_IN {
+            env.add_template(name, source)
+                .map_err(|e| format!("built-in template {name}: {e}"))?;
+        }
+        if let Some(dir) = dir {
+            let at = |e: &dyn fmt::Display| {
+                format!("identity.email.templates_dir {}: {e}", dir.display())
+            };
+            for entry in std::fs::read_dir(dir).map_err(|e| at(&e))? {
+                let path = entry.map_err(|e| at(&e))?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if !path.is_file() || !(name.ends_with(".txt") || name.ends_with(".html")) {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("template {}: {e}", path.display()))?;
+                env.add_template_owned(name.to_owned(), source)
+                    .map_err(|e| format!("template {}: {e}", path.display()))?;
+            }
+        }
+        Ok(Self {
+            env,
+            brand: brand.to_owned(),
+        })
+    }
+
+    /// Renders `name` with `context` plus `brand` (unless the context sets
+    /// its own). HTML templates escape every value.
+    pub(crate) fn render(&self, name: &str, context: &Value) -> Result<String, MatrixError> {
+        let mut context = match context {
+            Value::Object(map) => map.clone(),
+            Value::Null => serde_json::Map::new(),
+            _ => {
+                return Err(MatrixError::internal(format_args!(
+                    "template {name}: the context is not an object"
+                )));
+            }
+        };
+        context
+            .entry("brand")
+            .or_insert_with(|| Value::String(self.brand.clone()));
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&context))))
+            // The error names the template and line, never the context.
+            .map_err(|e| MatrixError::internal(format_args!("rendering template {name}: {e}")))
+    }
+}
+
+/// Sends mail over SMTP. The connection pool is built on first use, inside
+/// the runtime that needs it.
+pub(crate) struct Mailer {
+    transport: AsyncSmtpTransportBuilder,
+    pool: OnceLock<AsyncSmtpTransport<Tokio1Executor>>,
+    from: Mailbox,
+    /// Where `Message-ID`s are made: the domain of `from`.
+    message_id_domain: String,
+    templates: Templates,
+    per_address: Limiter,
+    target: String,
+}
+
+impl fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailer")
+            .field("smtp", &self.target)
+            .field("templates", &self.templates)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Mailer {
-    pub(crate) fn new(_: &EmailConfig) -> Result<Self, String> {
-        Ok(Self)
+    /// Checks the config and templates; connects to nothing yet.
+    pub(crate) fn new(config: &EmailConfig) -> Result<Self, String> {
+        let from: Mailbox = config
+            .from
+            .parse()
+            .map_err(|e| format!("identity.email.from {:?}: {e}", config.from))?;
+        let host = config.smtp_host.as_str();
+        if host.is_empty() {
+            return Err("identity.email.smtp_host is empty".to_owned());
+        }
+        let mut transport = match config.smtp_tls {
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                host,
+            )),
+        }
+        .map_err(|e| format!("identity.email.smtp_host {host:?}: {e}"))?
+        .port(config.smtp_port)
+        .timeout(Some(SMTP_TIMEOUT));
+        let password = resolve_secret(
+            "identity.email.smtp_password",
+            config.smtp_password.as_ref(),
+            config.smtp_password_file.as_deref(),
+        )?;
+        match (&config.smtp_username, password) {
+            (Some(user), Some(password)) => {
+                transport = transport
+                    .credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(
+                    "identity.email.smtp_username is set: set identity.email.smtp_password (or smtp_password_file) too"
+                        .to_owned(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "identity.email.smtp_password is set: set identity.email.smtp_username too"
+                        .to_owned(),
+                );
+            }
+        }
+        Ok(Self {
+            transport,
+            pool: OnceLock::new(),
+            message_id_domain: from.email.domain().to_owned(),
+            from,
+            templates: Templates::load(config.templates_dir.as_deref(), &config.brand)?,
+            per_address: Limiter::new(config.per_address_burst, config.per_address_period.0),
+            target: format!("{host}:{} ({:?})", config.smtp_port, config.smtp_tls),
+        })
+    }
+
+    pub(crate) fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// The per-address limit (`email.per_address_*`). Validation mails
+    /// check it; invites may too.
+    pub(crate) fn per_address(&self) -> &Limiter {
+        &self.per_address
+    }
+
+    /// Renders `template` for `to` and sends it. A refused or failed
+    /// delivery is 500 `M_EMAIL_SEND_ERROR`: Sydent's status, and a server
+    /// fault to monitor (the spec lists the code under 400, which clients
+    /// do not act on differently).
+    pub(crate) async fn send(
+        &self,
+        template: Template,
+        to: &str,
+        context: Value,
+    ) -> Result<(), MatrixError> {
+        let to = parse_address(to)?;
+        let stem = template.stem();
+        let subject = self
+            .templates
+            .render(&format!("{stem}_subject.txt"), &context)?;
+        let text = self.templates.render(&format!("{stem}.txt"), &context)?;
+        let html = self.templates.render(&format!("{stem}.html"), &context)?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, to))
+            .subject(one_line(&subject))
+            .message_id(Some(format!(
+                "<{}@{}>",
+                random_hex(16),
+                self.message_id_domain
+            )))
+            .date_now()
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(part(ContentType::TEXT_PLAIN, text))
+                    .singlepart(part(ContentType::TEXT_HTML, html)),
+            )
+            .map_err(|e| MatrixError::internal(format_args!("building a {stem} mail: {e}")))?;
+        let pool = self.pool.get_or_init(|| self.transport.clone().build());
+        match pool.send(message).await {
+            Ok(_) => {
+                tracing::info!(template = stem, "mail sent");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    template = stem,
+                    smtp = %self.target,
+                    kind = error_kind(&e),
+                    code = e.status().map(|c| c.to_string()),
+                    "mail could not be sent"
+                );
+                Err(MatrixError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrCode("M_EMAIL_SEND_ERROR"),
+                    "The mail could not be sent",
+                ))
+            }
+        }
+    }
+}
+
+/// An address the SMTP library accepts, or 400 `M_INVALID_EMAIL`.
+pub(crate) fn parse_address(address: &str) -> Result<Address, MatrixError> {
+    address.parse().map_err(|_| {
+        MatrixError::new(
+            StatusCode::BAD_REQUEST,
+            ErrCode("M_INVALID_EMAIL"),
+            "Invalid email address",
+        )
+    })
+}
+
+fn part(content_type: ContentType, body: String) -> SinglePart {
+    SinglePart::builder()
+        .header(content_type)
+        // Safe for any text, long lines and non-ASCII names alike.
+        .header(ContentTransferEncoding::QuotedPrintable)
+        .body(body)
+}
+
+/// A subject on one line: templates may end with a newline, and values
+/// (room names) may hold any whitespace.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What went wrong, without the server's words (which may quote the
+/// recipient).
+fn error_kind(e: &lettre::transport::smtp::Error) -> &'static str {
+    if e.is_permanent() {
+        "permanent rejection"
+    } else if e.is_transient() {
+        "transient rejection"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_tls() {
+        "TLS"
+    } else if e.is_response() {
+        "unexpected reply"
+    } else if e.is_client() {
+        "client"
+    } else {
+        "connection"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn invite_context(room_type: Value, invite_link: Value) -> Value {
+        json!({
+            "sender_display_name": "Alice <Admin>",
+            "sender": "@alice:example.org",
+            "room_name": "Book club",
+            "room_alias": "#books:example.org",
+            "room_id": "!abc:example.org",
+            "room_type": room_type,
+            "web_client_location": "https://chat.example.org",
+            "invite_link": invite_link,
+        })
+    }
+
+    /// Every built-in template renders; HTML escapes values, text does not;
+    /// `brand` comes from config unless the context sets it.
+    #[test]
+    fn built_in_templates_render() {
+        let templates = Templates::load(None, "Example Chat").unwrap();
+        let validation = json!({
+            "token": "tok_123",
+            "link": "https://is.example/_matrix/identity/v2/validate/email/submitToken?sid=1&client_secret=s&token=tok_123",
+        });
+        let subject = templates
+            .render("validation_subject.txt", &validation)
+            .unwrap();
+        assert!(subject.contains("Example Chat"), "{subject}");
+        assert!(!one_line(&subject).contains('\n'));
+        let text = templates.render("validation.txt", &validation).unwrap();
+        assert!(
+            text.contains("tok_123") && text.contains("sid=1&client_secret=s"),
+            "{text}"
+        );
+        let html = templates.render("validation.html", &validation).unwrap();
+        assert!(html.contains("sid=1&amp;client_secret=s"), "{html}");
+        assert!(html.contains("Example Chat"));
+
+        let link = "https://chat.example.org/#/room/!abc:example.org";
+        let invite = invite_context(Value::Null, json!(link));
+        let subject = one_line(&templates.render("invite_subject.txt", &invite).unwrap());
+        assert_eq!(
+            subject,
+            "Alice <Admin> invited you to Book club on Example Chat"
+        );
+        let text = templates.render("invite.txt", &invite).unwrap();
+        assert!(
+            text.contains(link) && text.contains("@alice:example.org"),
+            "{text}"
+        );
+        let html = templates.render("invite.html", &invite).unwrap();
+        assert!(
+            html.contains("Alice &lt;Admin&gt;") && !html.contains("<Admin>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("href=\"https:&#x2f;&#x2f;chat.example.org")
+                || html.contains("href=\"https://chat.example.org"),
+            "{html}"
+        );
+
+        // A space, no link, no display name, no room name.
+        let mut space = invite_context(json!("m.space"), Value::Null);
+        space["sender_display_name"] = Value::Null;
+        space["room_name"] = Value::Null;
+        let subject = one_line(&templates.render("invite_subject.txt", &space).unwrap());
+        assert_eq!(
+            subject,
+            "@alice:example.org invited you to the space #books:example.org on Example Chat"
+        );
+        for name in ["invite.txt", "invite.html"] {
+            let body = templates.render(name, &space).unwrap();
+            assert!(!body.contains("#/room/"), "{name}: {body}");
+            assert!(body.contains("space"), "{name}: {body}");
+        }
+
+        let sms = templates
+            .render("validation_sms.txt", &json!({"token": "123456"}))
+            .unwrap();
+        assert_eq!(sms.trim(), "123456 is your Example Chat verification code.");
+        let ok = templates
+            .render("validated.html", &json!({"medium": "email"}))
+            .unwrap();
+        assert!(ok.contains("email address"), "{ok}");
+        let failed = templates
+            .render(
+                "validation_failed.html",
+                &json!({"reason": "It <expired>."}),
+            )
+            .unwrap();
+        assert!(failed.contains("It &lt;expired&gt;."), "{failed}");
+        let branded = templates
+            .render(
+                "validation_sms.txt",
+                &json!({"token": "1", "brand": "Other"}),
+            )
+            .unwrap();
+        assert!(branded.contains("Other"));
+    }
+
+    /// A file in `templates_dir` named like a built-in replaces it, and can
+    /// include extra files from the same directory; the others stay.
+    #[test]
+    fn templates_dir_overrides_built_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("validation.txt"),
+            "{% include \"footer.txt\" %}: {{ token }}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("footer.txt"), "{{ brand }} says").unwrap();
+        std::fs::write(dir.path().join("notes.md"), "{{ broken").unwrap();
+        let templates = Templates::load(Some(dir.path()), "Brand").unwrap();
+        let text = templates
+            .render("validation.txt", &json!({"token": "t0k"}))
+            .unwrap();
+        assert_eq!(text.trim(), "Brand says: t0k");
+        let html = templates
+            .render(
+                "validation.html",
+                &json!({"token": "t0k", "link": "https://x"}),
+            )
+            .unwrap();
+        assert!(html.contains("t0k") && html.contains("<html"));
+
+        std::fs::write(dir.path().join("invite.html"), "{% if %}").unwrap();
+        let broken = Templates::load(Some(dir.path()), "Brand").unwrap_err();
+        assert!(broken.contains("invite.html"), "{broken}");
+        let missing = Templates::load(Some(&dir.path().join("nope")), "Brand").unwrap_err();
+        assert!(
+            missing.contains("identity.email.templates_dir"),
+            "{missing}"
+        );
+    }
+
+    /// Config errors name the key to fix.
+    #[test]
+    fn config_errors_name_the_key() {
+        let mut config = EmailConfig::default();
+        assert!(Mailer::new(&config).is_ok());
+        config.smtp_username = Some("mailer".to_owned());
+        assert!(Mailer::new(&config).unwrap_err().contains("smtp_password"));
+        config.smtp_username = None;
+        config.from = "not an address".to_owned();
+        assert!(
+            Mailer::new(&config)
+                .unwrap_err()
+                .contains("identity.email.from")
+        );
+        assert!(parse_address("a@b.example").is_ok());
+        assert_eq!(
+            parse_address("a b@c").unwrap_err().errcode.0,
+            "M_INVALID_EMAIL"
+        );
     }
 }

@@ -58,13 +58,19 @@ pub async fn forget(state: &IdentityState, user_id: &UserId) -> Result<(), Matri
         "DELETE FROM identity_associations WHERE mxid = $1",
         "DELETE FROM identity_invites WHERE sender = $1",
     ] {
-        sqlx::query(sql).bind(user_id.as_str()).execute(&mut *tx).await?;
+        sqlx::query(sql)
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
     // The outbox holds JSON bodies; the user appears as `"mxid":"<id>"`.
-    let needle = format!("%{}%", serde_json::to_string(&json!({ "mxid": user_id }))
-        .unwrap_or_default()
-        .trim_start_matches('{')
-        .trim_end_matches('}'));
+    let needle = format!(
+        "%{}%",
+        serde_json::to_string(&json!({ "mxid": user_id }))
+            .unwrap_or_default()
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+    );
     sqlx::query("DELETE FROM identity_onbind_outbox WHERE body LIKE $1")
         .bind(needle)
         .execute(&mut *tx)

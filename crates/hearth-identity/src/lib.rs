@@ -13,16 +13,20 @@ mod email;
 mod gdpr;
 mod invites;
 mod lookup;
+mod outbox;
 mod pubkey;
 mod sessions;
 mod sms;
 mod status;
+mod sydent;
 mod threepid;
 mod validation;
 
 pub use config::{Config, EmailConfig, InvitesConfig, SmsConfig, SmsSender, SmtpTls};
 pub use gdpr::{export, forget};
 pub use lookup::rotate_pepper_if_due;
+pub use outbox::{OutboxSettings, run_outbox, run_outbox_with};
+pub use sydent::{SydentImport, import_sydent};
 
 use axum::Router;
 use axum::extract::FromRef;

@@ -56,6 +56,16 @@ enum IdentityCommand {
     /// Erase everything held about a user: bindings, invites they sent,
     /// tokens, accepted terms (GDPR erasure request).
     Forget { user_id: String },
+    /// Move a Sydent deployment here: its bindings, pending invites and
+    /// ephemeral keys from sydent.db, and its signing key from sydent.conf
+    /// (so associations Sydent signed stay valid).
+    ImportSydent {
+        /// Sydent's SQLite database.
+        database: PathBuf,
+        /// Sydent's config, for its signing key [default: sydent.conf beside the database].
+        #[arg(long)]
+        sydent_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,21 +108,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: Some(command),
         } => {
             let config = load(config_path.as_ref())?;
-            let identity = serve::identity_for_cli(&config).await?;
-            let mut out = std::io::stdout();
-            match command {
-                IdentityCommand::Export { user_id } => {
-                    let user_id = UserId::parse(&user_id)?;
-                    let data = hearth_identity::export(&identity, &user_id).await?;
-                    serde_json::to_writer_pretty(&mut out, &data)?;
-                    writeln!(out)?;
-                }
-                IdentityCommand::Forget { user_id } => {
-                    let user_id = UserId::parse(&user_id)?;
-                    hearth_identity::forget(&identity, &user_id).await?;
-                    writeln!(out, "erased everything held about {user_id}")?;
-                }
-            }
+            identity_command(&config, command, &mut std::io::stdout()).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Integrations => Only::Integrations,
@@ -164,4 +160,63 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::logging::init(&config.log)?;
     serve::run(config, only).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn identity_command(
+    config: &Config,
+    command: IdentityCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        IdentityCommand::Export { user_id } => {
+            let identity = serve::identity_for_cli(config).await?;
+            let data = hearth_identity::export(&identity, &UserId::parse(&user_id)?).await?;
+            serde_json::to_writer_pretty(&mut *out, &data)?;
+            writeln!(out)?;
+        }
+        IdentityCommand::Forget { user_id } => {
+            let identity = serve::identity_for_cli(config).await?;
+            let user_id = UserId::parse(&user_id)?;
+            hearth_identity::forget(&identity, &user_id).await?;
+            writeln!(out, "erased everything held about {user_id}")?;
+        }
+        IdentityCommand::ImportSydent {
+            database,
+            sydent_config,
+        } => {
+            let conf = sydent_config.unwrap_or_else(|| database.with_file_name("sydent.conf"));
+            keys::import_keys(config, sydent_signing_key(&conf)?, out).await?;
+            let db = serve::open_database(config).await?;
+            let report = hearth_identity::import_sydent(&db, &database)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            db.close().await;
+            writeln!(
+                out,
+                "imported {} bindings, {} pending invites, {} ephemeral keys ({} rows skipped)",
+                report.associations, report.invites, report.ephemeral_keys, report.skipped
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Sydent keeps its key in `[crypto] ed25519.signingkey`, in the same
+/// `ed25519 <version> <seed>` form as Synapse's key file.
+fn sydent_signing_key(
+    conf: &std::path::Path,
+) -> anyhow::Result<Vec<hearth_core::keys::SigningKey>> {
+    let text = std::fs::read_to_string(conf)
+        .with_context(|| format!("reading Sydent's config {}", conf.display()))?;
+    let value = text
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "ed25519.signingkey").then(|| value.trim().to_owned())
+        })
+        .with_context(|| format!("{}: no ed25519.signingkey", conf.display()))?;
+    Ok(hearth_core::keys::SigningKey::parse_synapse(
+        &value,
+        &conf.display().to_string(),
+    )?)
 }

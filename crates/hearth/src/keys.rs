@@ -57,7 +57,15 @@ pub(crate) async fn import(
     file: &Path,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let imported = SigningKey::read_synapse_file(file)?;
+    import_keys(config, SigningKey::read_synapse_file(file)?, out).await
+}
+
+/// Makes `imported` the current keys, retiring the others.
+pub(crate) async fn import_keys(
+    config: &Config,
+    imported: Vec<SigningKey>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let db = open_database(config).await?;
     let old = current(config)?;
     // One key id must always mean one key (synapse#3121, #4012).

@@ -136,7 +136,8 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
     if config.identity.enabled {
         let identity = identity(&config, &signing_keys, db.clone(), federation.clone())?;
         routes = routes.merge(hearth_identity::router(identity.clone()));
-        tasks.spawn(hearth_identity::run_background(identity, stopped()));
+        tasks.spawn(hearth_identity::run_background(identity.clone(), stopped()));
+        tasks.spawn(hearth_identity::run_outbox(identity, stopped()));
         served.push("identity (/_matrix/identity)");
     }
     if config.notary.enabled {

@@ -1,0 +1,154 @@
+//! Moving a Sydent deployment to Hearth: bindings, pending invites and the
+//! ephemeral invite keys from `sydent.db`. (The signing key lives in
+//! `sydent.conf`; the binary imports it as Hearth's key, so signatures
+//! Sydent made stay valid.)
+
+use crate::lookup;
+use crate::threepid::canonical;
+use hearth_core::storage::Database;
+use hearth_core::time::now_ms;
+use sqlx::Row;
+use sqlx::any::AnyPoolOptions;
+use std::path::Path;
+
+/// What an import brought over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SydentImport {
+    pub associations: u64,
+    pub invites: u64,
+    pub ephemeral_keys: u64,
+    /// Rows that could not be used (an invalid address or Matrix ID).
+    pub skipped: u64,
+}
+
+/// Copies Sydent's local bindings, its invites for addresses that are not
+/// bound yet and still valid, and its ephemeral keys. Existing Hearth rows
+/// for the same 3PID are replaced; the import can be run again.
+pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImport, String> {
+    if !sydent_db.is_file() {
+        return Err(format!("{}: not found", sydent_db.display()));
+    }
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=ro", sydent_db.display());
+    let sydent = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .map_err(|e| format!("{}: {e}", sydent_db.display()))?;
+    let read = |e: sqlx::Error| format!("reading {}: {e}", sydent_db.display());
+    let write = |e: sqlx::Error| format!("writing Hearth's database: {e}");
+    let mut report = SydentImport::default();
+
+    // Deleted bindings are rows with a NULL mxid in older Sydent schemas.
+    let bindings = sqlx::query(
+        "SELECT medium, address, mxid, ts, notBefore, notAfter FROM local_threepid_associations
+         WHERE mxid IS NOT NULL ORDER BY ts",
+    )
+    .fetch_all(&sydent)
+    .await
+    .map_err(read)?;
+    let mut tx = db.pool().begin().await.map_err(write)?;
+    for row in &bindings {
+        let medium: String = row.try_get("medium").map_err(read)?;
+        let address: String = row.try_get("address").map_err(read)?;
+        let mxid: String = row.try_get("mxid").map_err(read)?;
+        let (Ok(address), Ok(_)) = (
+            canonical(&medium, &address),
+            hearth_core::ids::UserId::parse(&mxid),
+        ) else {
+            report.skipped += 1;
+            continue;
+        };
+        let ts: i64 = row.try_get("ts").map_err(read)?;
+        let not_before: i64 = row.try_get("notBefore").map_err(read)?;
+        let not_after: i64 = row.try_get("notAfter").map_err(read)?;
+        sqlx::query(
+            "INSERT INTO identity_associations (medium, address, mxid, ts, not_before, not_after)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (medium, address) DO UPDATE SET mxid = $3, ts = $4, not_before = $5, not_after = $6",
+        )
+        .bind(&medium)
+        .bind(&address)
+        .bind(&mxid)
+        .bind(ts)
+        .bind(not_before)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        lookup::index_association(&mut tx, &medium, &address, &mxid)
+            .await
+            .map_err(|e| e.error)?;
+        report.associations += 1;
+    }
+
+    let invites = sqlx::query(
+        "SELECT medium, address, room_id, sender, token, received_ts, valid_until_ts FROM invite_tokens",
+    )
+    .fetch_all(&sydent)
+    .await
+    .map_err(read)?;
+    let now = now_ms();
+    for row in &invites {
+        let medium: String = row.try_get("medium").map_err(read)?;
+        let address: String = row.try_get("address").map_err(read)?;
+        let valid_until: Option<i64> = row.try_get("valid_until_ts").map_err(read)?;
+        if valid_until.is_some_and(|t| t < now) {
+            continue;
+        }
+        let Ok(address) = canonical(&medium, &address) else {
+            report.skipped += 1;
+            continue;
+        };
+        let bound = sqlx::query(
+            "SELECT 1 AS found FROM identity_associations WHERE medium = $1 AND address = $2",
+        )
+        .bind(&medium)
+        .bind(&address)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(write)?;
+        if bound.is_some() {
+            // Sydent keeps delivered invites unless told not to; a bound
+            // address has had its invites delivered already.
+            continue;
+        }
+        let received: Option<i64> = row.try_get("received_ts").map_err(read)?;
+        let done = sqlx::query(
+            "INSERT INTO identity_invites (token, medium, address, room_id, sender, created_ts)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (token) DO NOTHING",
+        )
+        .bind(row.try_get::<String, _>("token").map_err(read)?)
+        .bind(&medium)
+        .bind(&address)
+        .bind(row.try_get::<String, _>("room_id").map_err(read)?)
+        .bind(row.try_get::<String, _>("sender").map_err(read)?)
+        .bind(received.unwrap_or(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        report.invites += done.rows_affected();
+    }
+
+    let keys = sqlx::query("SELECT public_key, persistence_ts FROM ephemeral_public_keys")
+        .fetch_all(&sydent)
+        .await
+        .map_err(read)?;
+    for row in &keys {
+        let key: String = row.try_get("public_key").map_err(read)?;
+        let ts: Option<i64> = row.try_get("persistence_ts").map_err(read)?;
+        let done = sqlx::query(
+            "INSERT INTO identity_ephemeral_keys (public_key, created_ts) VALUES ($1, $2)
+             ON CONFLICT (public_key) DO NOTHING",
+        )
+        .bind(crate::pubkey::normalise_key(&key))
+        .bind(ts.unwrap_or(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(write)?;
+        report.ephemeral_keys += done.rows_affected();
+    }
+    tx.commit().await.map_err(write)?;
+    sydent.close().await;
+    Ok(report)
+}
