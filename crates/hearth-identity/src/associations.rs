@@ -108,6 +108,8 @@ pub(crate) async fn bind(
     )
     .await?;
     tx.commit().await?;
+    // Deliver any onbind callback just queued now, not at the next poll.
+    crate::outbox::wake();
     sign_json(
         &mut association,
         state.server_name.as_str(),
