@@ -60,7 +60,7 @@ pub struct EmailConfig {
     pub brand: String,
     /// A directory whose templates replace the built-in ones, file by file.
     pub templates_dir: Option<PathBuf>,
-    /// Requests per address: a bucket of `burst` refilled every `period`.
+    /// Mails per address: `burst` at once, then one per `period`; 0 is no limit.
     pub per_address_burst: u32,
     pub per_address_period: Duration,
 }
@@ -109,7 +109,7 @@ pub struct SmsConfig {
     pub twilio_auth_token: Option<Secret>,
     pub twilio_auth_token_file: Option<PathBuf>,
     pub twilio_from: Option<String>,
-    /// Requests per number: a bucket of `burst` refilled every `period`.
+    /// Codes per number: `burst` at once, then one per `period`; 0 is no limit.
     pub per_number_burst: u32,
     pub per_number_period: Duration,
 }

@@ -11,8 +11,8 @@
 //! recipient, so failures are logged by kind and reply code only.
 
 use crate::config::{EmailConfig, SmtpTls};
-use crate::validation::Limiter;
 use hearth_core::config::resolve_secret;
+use hearth_core::http::RateLimiter;
 use hearth_core::{ErrCode, MatrixError};
 use http::StatusCode;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
@@ -23,6 +23,7 @@ use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -178,7 +179,7 @@ pub(crate) struct Mailer {
     /// Where `Message-ID`s are made: the domain of `from`.
     message_id_domain: String,
     templates: Templates,
-    per_address: Limiter,
+    per_address: Arc<RateLimiter<String>>,
     target: String,
 }
 
@@ -242,7 +243,10 @@ impl Mailer {
             message_id_domain: from.email.domain().to_owned(),
             from,
             templates: Templates::load(config.templates_dir.as_deref(), &config.brand)?,
-            per_address: Limiter::new(config.per_address_burst, config.per_address_period.0),
+            per_address: RateLimiter::per_period(
+                config.per_address_burst,
+                config.per_address_period.0,
+            ),
             target: format!("{host}:{} ({:?})", config.smtp_port, config.smtp_tls),
         })
     }
@@ -253,7 +257,7 @@ impl Mailer {
 
     /// The per-address limit (`email.per_address_*`). Validation mails
     /// check it; invites may too.
-    pub(crate) fn per_address(&self) -> &Limiter {
+    pub(crate) fn per_address(&self) -> &RateLimiter<String> {
         &self.per_address
     }
 

@@ -14,8 +14,8 @@
 //! since gateways' bodies may quote the number.
 
 use crate::config::{SmsConfig, SmsSender};
-use crate::validation::Limiter;
 use hearth_core::config::{Secret, resolve_secret};
+use hearth_core::http::RateLimiter;
 use hearth_core::{ErrCode, MatrixError};
 use http::StatusCode;
 use std::fmt;
@@ -29,7 +29,7 @@ const TWILIO_API: &str = "https://api.twilio.com/2010-04-01/Accounts";
 
 pub(crate) struct Sender {
     gateway: Gateway,
-    per_number: Limiter,
+    per_number: Arc<RateLimiter<String>>,
 }
 
 enum Gateway {
@@ -130,12 +130,15 @@ impl Sender {
         }
         Ok(Self {
             gateway,
-            per_number: Limiter::new(config.per_number_burst, config.per_number_period.0),
+            per_number: RateLimiter::per_period(
+                config.per_number_burst,
+                config.per_number_period.0,
+            ),
         })
     }
 
     /// The per-number limit (`sms.per_number_*`).
-    pub(crate) fn per_number(&self) -> &Limiter {
+    pub(crate) fn per_number(&self) -> &RateLimiter<String> {
         &self.per_number
     }
 

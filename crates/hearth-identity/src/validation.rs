@@ -27,13 +27,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use hearth_auth::TermsAccepted;
+use hearth_core::http::RateLimiter;
 use hearth_core::{Json, MatrixError};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EmailRequestToken {
@@ -56,7 +55,7 @@ pub(crate) async fn email_request_token(
     crate::email::parse_address(&email)?;
     let next_link = check_next_link(request.next_link.as_deref())?;
     let limiter = state.mailer.per_address();
-    limiter.ready(&email)?;
+    ready(limiter, &email)?;
     let requested = sessions::request(
         &state.db,
         EMAIL,
@@ -69,7 +68,7 @@ pub(crate) async fn email_request_token(
     .await?;
     let session = requested.session;
     if requested.send {
-        limiter.take(&email)?;
+        take(limiter, &email)?;
         let token = sessions::token(&state.signing_key, &session);
         let link = submit_link(&state, EMAIL, &session, &token);
         state
@@ -107,7 +106,7 @@ pub(crate) async fn msisdn_request_token(
     let number = threepid::canonical_msisdn(&request.country, &request.phone_number)?;
     let next_link = check_next_link(request.next_link.as_deref())?;
     let limiter = state.sms.per_number();
-    limiter.ready(&number.msisdn)?;
+    ready(limiter, &number.msisdn)?;
     let requested = sessions::request(
         &state.db,
         MSISDN,
@@ -120,7 +119,7 @@ pub(crate) async fn msisdn_request_token(
     .await?;
     let session = requested.session;
     if requested.send {
-        limiter.take(&number.msisdn)?;
+        take(limiter, &number.msisdn)?;
         let token = sessions::token(&state.signing_key, &session);
         let text = state
             .mailer
@@ -338,69 +337,18 @@ fn with_page_headers(mut response: Response) -> Response {
     response
 }
 
-/// Most buckets kept before idle full ones are dropped.
-const PURGE_AT: usize = 10_000;
-
-/// A token bucket per address: `burst` sends at once, refilled evenly so
-/// that a full bucket takes `period` to refill (`burst = 0` or a zero
-/// `period` turns it off). Unlike `hearth_core::http::RateLimiter`, whose
-/// rate is whole tokens per second, it expresses "5 per 5 minutes", and it
-/// can be asked without taking a token.
-#[derive(Debug)]
-pub(crate) struct Limiter {
-    burst: f64,
-    /// Tokens per second.
-    rate: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+/// 429 `M_LIMIT_EXCEEDED` when `key` is over its limit; takes nothing.
+fn ready(limiter: &RateLimiter<String>, key: &str) -> Result<(), MatrixError> {
+    limiter.ready(&key.to_owned()).map_err(limit_exceeded)
 }
 
-impl Limiter {
-    pub(crate) fn new(burst: u32, period: Duration) -> Self {
-        let rate = if burst == 0 || period.is_zero() {
-            0.0
-        } else {
-            f64::from(burst) / period.as_secs_f64()
-        };
-        Self {
-            burst: f64::from(burst),
-            rate,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
+/// Spends one of `key`'s sends.
+fn take(limiter: &RateLimiter<String>, key: &str) -> Result<(), MatrixError> {
+    limiter.check(&key.to_owned()).map_err(limit_exceeded)
+}
 
-    /// 429 `M_LIMIT_EXCEEDED` unless `key` has a token; takes none.
-    pub(crate) fn ready(&self, key: &str) -> Result<(), MatrixError> {
-        self.check_at(key, Instant::now(), false)
-    }
-
-    /// Takes a token for `key`, or 429 `M_LIMIT_EXCEEDED`.
-    pub(crate) fn take(&self, key: &str) -> Result<(), MatrixError> {
-        self.check_at(key, Instant::now(), true)
-    }
-
-    fn check_at(&self, key: &str, now: Instant, take: bool) -> Result<(), MatrixError> {
-        if self.rate == 0.0 {
-            return Ok(());
-        }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let refill = |(tokens, updated): (f64, Instant)| {
-            (tokens + now.saturating_duration_since(updated).as_secs_f64() * self.rate)
-                .min(self.burst)
-        };
-        if buckets.len() >= PURGE_AT {
-            buckets.retain(|_, b| refill(*b) < self.burst);
-        }
-        let tokens = buckets.get(key).map_or(self.burst, |b| refill(*b));
-        if tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - tokens) / self.rate);
-            let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return Err(MatrixError::limit_exceeded(ms));
-        }
-        if take {
-            buckets.insert(key.to_owned(), (tokens - 1.0, now));
-        }
-        Ok(())
-    }
+fn limit_exceeded(wait: Duration) -> MatrixError {
+    MatrixError::limit_exceeded(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
 #[cfg(test)]
@@ -408,31 +356,18 @@ mod tests {
     use super::*;
     use hearth_core::ErrCode;
 
-    /// `burst` sends, then 429 with the wait until the next token; asking
-    /// takes nothing; keys are independent.
+    /// Over the limit, the error is 429 `M_LIMIT_EXCEEDED` with the wait.
     #[test]
-    fn limiter_allows_a_burst_per_period() {
-        let limiter = Limiter::new(2, Duration::from_secs(300));
-        let t0 = Instant::now();
-        for _ in 0..5 {
-            limiter.check_at("a", t0, false).unwrap();
-        }
-        limiter.check_at("a", t0, true).unwrap();
-        limiter.check_at("a", t0, true).unwrap();
-        let e = limiter.check_at("a", t0, false).unwrap_err();
+    fn limit_errors_carry_the_wait() {
+        let limiter = RateLimiter::<String>::per_period(1, Duration::from_secs(300));
+        ready(&limiter, "a").unwrap();
+        take(&limiter, "a").unwrap();
+        let e = ready(&limiter, "a").unwrap_err();
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.errcode, ErrCode::LIMIT_EXCEEDED);
-        // One token comes back every 150 s.
-        assert_eq!(e.extra["retry_after_ms"], 150_000);
-        limiter.check_at("b", t0, true).unwrap();
-        let later = t0 + Duration::from_secs(150);
-        limiter.check_at("a", later, true).unwrap();
-        assert!(limiter.check_at("a", later, true).is_err());
-
-        let off = Limiter::new(0, Duration::from_secs(300));
-        for _ in 0..10 {
-            off.take("a").unwrap();
-        }
+        let wait = e.extra["retry_after_ms"].as_u64().unwrap();
+        assert!((299_000..=300_000).contains(&wait), "{wait}");
+        take(&limiter, "b").unwrap();
     }
 
     #[test]

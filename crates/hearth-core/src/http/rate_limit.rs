@@ -33,8 +33,23 @@ pub struct RateLimiter<K = IpAddr> {
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(per_second: u32, burst: u32) -> Arc<Self> {
+        Self::with_rate(f64::from(per_second), burst)
+    }
+
+    /// `burst` at once, then one more every `period`, as Sydent limits mail
+    /// per address. A zero burst or period turns the limiter off.
+    pub fn per_period(burst: u32, period: Duration) -> Arc<Self> {
+        let rate = if burst == 0 || period.is_zero() {
+            0.0
+        } else {
+            1.0 / period.as_secs_f64()
+        };
+        Self::with_rate(rate, burst)
+    }
+
+    fn with_rate(per_second: f64, burst: u32) -> Arc<Self> {
         Arc::new(Self {
-            per_second: f64::from(per_second),
+            per_second,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         })
@@ -42,10 +57,16 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes one token for `key`, or says how long until one is available.
     pub fn check(&self, key: &K) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
+        self.check_at(key, Instant::now(), true)
     }
 
-    fn check_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
+    /// Whether `key` has a token, without taking it: for work that is
+    /// refused early but only counted once it is really done.
+    pub fn ready(&self, key: &K) -> Result<(), Duration> {
+        self.check_at(key, Instant::now(), false)
+    }
+
+    fn check_at(&self, key: &K, now: Instant, take: bool) -> Result<(), Duration> {
         if self.per_second == 0.0 {
             return Ok(());
         }
@@ -54,21 +75,23 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             let full_after = Duration::from_secs_f64(self.burst / self.per_second);
             buckets.retain(|_, b| now.duration_since(b.updated) < full_after);
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
+        let tokens = buckets.get(key).map_or(self.burst, |b| {
+            let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+            (b.tokens + elapsed * self.per_second).min(self.burst)
         });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_second,
-            ))
+        if tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second));
         }
+        if take {
+            buckets.insert(
+                key.clone(),
+                Bucket {
+                    tokens: tokens - 1.0,
+                    updated: now,
+                },
+            );
+        }
+        Ok(())
     }
 }
 
@@ -98,20 +121,37 @@ mod tests {
         let limiter = RateLimiter::<u8>::new(10, 3);
         let t0 = Instant::now();
         for _ in 0..3 {
-            limiter.check_at(&1, t0).unwrap();
+            limiter.check_at(&1, t0, true).unwrap();
         }
-        let wait = limiter.check_at(&1, t0).unwrap_err();
+        let wait = limiter.check_at(&1, t0, true).unwrap_err();
         assert_eq!(wait.as_millis(), 100);
         // Other keys have their own bucket.
-        limiter.check_at(&2, t0).unwrap();
+        limiter.check_at(&2, t0, true).unwrap();
         limiter
-            .check_at(&1, t0 + Duration::from_millis(100))
+            .check_at(&1, t0 + Duration::from_millis(100), true)
             .unwrap();
         assert!(
             limiter
-                .check_at(&1, t0 + Duration::from_millis(100))
+                .check_at(&1, t0 + Duration::from_millis(100), true)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn per_period_allows_a_burst_then_one_per_period_and_ready_takes_nothing() {
+        let limiter = RateLimiter::<u8>::per_period(2, Duration::from_secs(300));
+        let t0 = Instant::now();
+        limiter.check_at(&1, t0, false).unwrap();
+        limiter.check_at(&1, t0, true).unwrap();
+        limiter.check_at(&1, t0, true).unwrap();
+        assert_eq!(limiter.check_at(&1, t0, false).unwrap_err().as_secs(), 300);
+        let later = t0 + Duration::from_secs(300);
+        limiter.check_at(&1, later, true).unwrap();
+        assert!(limiter.check_at(&1, later, true).is_err());
+        let off = RateLimiter::<u8>::per_period(0, Duration::from_secs(300));
+        for _ in 0..10 {
+            off.check(&1).unwrap();
+        }
     }
 
     #[test]
