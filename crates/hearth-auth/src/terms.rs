@@ -37,11 +37,8 @@ fn is_segment(s: &str) -> bool {
 }
 
 impl Terms {
-    pub(crate) fn new(
-        service: &str,
-        config: &TermsConfig,
-        public_base_url: &str,
-    ) -> Result<Self, String> {
+    /// Checks the policies and builds them; the error names the bad key.
+    pub fn new(service: &str, config: &TermsConfig, public_base_url: &str) -> Result<Self, String> {
         let mut policies = Vec::new();
         for (id, policy) in &config.policies {
             let at = format!("{service}.auth.terms.policies.{id}");

@@ -96,6 +96,26 @@ pub async fn run_background(state: IdentityState, shutdown: impl std::future::Fu
 /// The name under which this service keeps tokens and terms acceptances.
 pub const SERVICE: &str = "identity";
 
+fn public_base_url(server_name: &ServerName, config: &Config) -> String {
+    config
+        .public_base_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{server_name}"))
+}
+
+/// Checks the config without opening anything: templates, SMS sender and
+/// terms policies (for `hearth config check`).
+pub fn check(server_name: &ServerName, config: &Config) -> Result<(), String> {
+    email::Mailer::new(&config.email)?;
+    sms::Sender::new(&config.sms)?;
+    hearth_auth::Terms::new(
+        SERVICE,
+        &config.auth.terms,
+        &public_base_url(server_name, config),
+    )?;
+    Ok(())
+}
+
 /// Builds the identity service from its parts, checking its config.
 pub fn build(
     server_name: ServerName,
@@ -104,10 +124,7 @@ pub fn build(
     federation: FederationClient,
     config: Config,
 ) -> Result<IdentityState, String> {
-    let public_base_url = config
-        .public_base_url
-        .clone()
-        .unwrap_or_else(|| format!("https://{server_name}"));
+    let public_base_url = public_base_url(&server_name, &config);
     let auth = Auth::new(
         SERVICE,
         db.clone(),

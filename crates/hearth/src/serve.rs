@@ -88,6 +88,10 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
         load_tls(&files).map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
     }
     federation_client(config, None)?;
+    if config.identity.enabled {
+        hearth_identity::check(&config.server_name, &config.identity)
+            .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+    }
     Ok(())
 }
 
@@ -104,7 +108,6 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         config.notary.enabled &= only == Only::Notary;
         config.turn.enabled &= only == Only::Turn;
     }
-    check(&config)?;
     let db = open_database(&config)
         .await
         .context("opening the database")?;
