@@ -37,7 +37,7 @@ pub(crate) async fn userinfo(
     let token = credentials.access_token.expose();
     let path = format!(
         "/_matrix/federation/v1/openid/userinfo?access_token={}",
-        percent_encode(token)
+        hearth_core::http::percent_encode(token)
     );
     let answer = match federation.get_json(&server, &path).await {
         Ok(answer) => answer,
@@ -64,25 +64,4 @@ pub(crate) async fn userinfo(
         return Err(invalid());
     }
     Ok(user_id)
-}
-
-/// Encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_encodes_reserved_characters() {
-        assert_eq!(super::percent_encode("a b/c+d=~_"), "a%20b%2Fc%2Bd%3D~_");
-    }
 }

@@ -11,9 +11,7 @@ use sqlx::Row;
 
 /// A new random token: 32 bytes, URL-safe so it travels in query strings.
 pub(crate) fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    base64::encode(bytes).replace('+', "-").replace('/', "_")
+    hearth_core::random::token::<32>()
 }
 
 fn hash(token: &str) -> String {

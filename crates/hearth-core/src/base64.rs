@@ -24,6 +24,12 @@ pub fn encode(bytes: impl AsRef<[u8]>) -> String {
     ENCODER.encode(bytes)
 }
 
+/// Encodes bytes as unpadded URL-safe base64 (`-` and `_`), as lookup
+/// hashes and tokens that travel in URLs are written.
+pub fn encode_url_safe(bytes: impl AsRef<[u8]>) -> String {
+    encode(bytes).replace('+', "-").replace('/', "_")
+}
+
 /// Decodes standard base64, padded or not.
 pub fn decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     DECODER.decode(text)

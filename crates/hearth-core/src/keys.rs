@@ -35,8 +35,6 @@ pub enum KeyError {
     },
     #[error("invalid public key")]
     InvalidPublicKey,
-    #[error("no randomness: {0}")]
-    Random(String),
 }
 
 impl KeyVersion {
@@ -50,14 +48,10 @@ impl KeyVersion {
 
     /// `a_` plus four random letters, as Synapse generates them.
     pub fn random() -> Result<Self, KeyError> {
-        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        let mut bytes = [0u8; 4];
-        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
-        let suffix: String = bytes
-            .iter()
-            .map(|b| LETTERS[usize::from(*b) % LETTERS.len()] as char)
-            .collect();
-        Ok(Self(format!("a_{suffix}")))
+        Ok(Self(format!(
+            "a_{}",
+            crate::random::string(4, crate::random::LETTERS)
+        )))
     }
 
     pub fn as_str(&self) -> &str {
@@ -116,9 +110,10 @@ impl SigningKey {
 
     /// A fresh key with a Synapse-style random version.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self::from_seed(KeyVersion::random()?, seed))
+        Ok(Self::from_seed(
+            KeyVersion::random()?,
+            crate::random::bytes(),
+        ))
     }
 
     pub fn version(&self) -> &KeyVersion {

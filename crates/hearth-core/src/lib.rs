@@ -10,6 +10,7 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod random;
 pub mod redact;
 pub mod signed_json;
 pub mod storage;

@@ -284,7 +284,7 @@ impl Mailer {
             .subject(one_line(&subject))
             .message_id(Some(format!(
                 "<{}@{}>",
-                random_hex(16),
+                hearth_core::random::hex::<16>(),
                 self.message_id_domain
             )))
             .date_now()
@@ -341,12 +341,6 @@ fn part(content_type: ContentType, body: String) -> SinglePart {
 /// (room names) may hold any whitespace.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn random_hex(len: usize) -> String {
-    let mut bytes = vec![0u8; len];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What went wrong, without the server's words (which may quote the

@@ -30,21 +30,12 @@ const BATCH: usize = 500;
 /// SHA-256(`"<address> <medium> <pepper>"`).
 pub(crate) fn lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
     let digest = Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
-    hearth_core::base64::encode(digest)
-        .replace('+', "-")
-        .replace('/', "_")
+    hearth_core::base64::encode_url_safe(digest)
 }
 
 fn new_pepper() -> String {
-    const ALPHANUMERIC: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    // 62 does not divide 256, so the bias is slight; 32 characters keep
-    // well over 128 bits of entropy regardless.
-    bytes
-        .iter()
-        .map(|b| ALPHANUMERIC[usize::from(*b) % ALPHANUMERIC.len()] as char)
-        .collect()
+    // 32 alphanumerics (MSC2134's pepper grammar) carry over 190 bits.
+    hearth_core::random::string(32, hearth_core::random::ALPHANUMERIC)
 }
 
 /// The current pepper.

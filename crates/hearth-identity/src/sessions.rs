@@ -128,7 +128,7 @@ pub(crate) async fn request(
         });
     }
     let session = Session {
-        sid: random_sid(),
+        sid: hearth_core::random::hex::<16>(),
         client_secret: client_secret.to_owned(),
         medium: medium.to_owned(),
         address: address.to_owned(),
@@ -158,12 +158,6 @@ pub(crate) async fn request(
     })
 }
 
-fn random_sid() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The token of a session: for email a long URL-safe string, for phones
 /// six digits that a person can type.
 pub(crate) fn token(key: &SigningKey, session: &Session) -> String {
@@ -175,9 +169,7 @@ pub(crate) fn token(key: &SigningKey, session: &Session) -> String {
         let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 1_000_000;
         format!("{n:06}")
     } else {
-        hearth_core::base64::encode(&digest[..24])
-            .replace('+', "-")
-            .replace('/', "_")
+        hearth_core::base64::encode_url_safe(&digest[..24])
     }
 }
 

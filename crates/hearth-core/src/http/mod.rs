@@ -51,6 +51,19 @@ pub fn public_app(routes: Router, config: &HttpConfig) -> Router {
         .layer(middleware::from_fn(cors))
 }
 
+/// Encodes everything but RFC 3986 unreserved characters, for query values.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Bounds a handler's time, so no request holds a connection forever.
 async fn request_timeout(
     axum::extract::State(limit): axum::extract::State<Duration>,
@@ -64,5 +77,16 @@ async fn request_timeout(
             crate::ErrCode::UNKNOWN,
             "The request took too long",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(
+            super::percent_encode("#a:b.c/~_- +="),
+            "%23a%3Ab.c%2F~_-%20%2B%3D"
+        );
     }
 }

@@ -635,3 +635,314 @@ pub(crate) fn query_params(url: &str) -> HashMap<String, String> {
         .into_owned()
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Added for the lookup, account, unbind and Sydent import tests.
+
+impl Harness {
+    /// Like [`Harness::start`], but signing with `signing_key` and with
+    /// extra federation overrides (server name, base URL); an override for
+    /// [`HOMESERVER`] replaces the fake homeserver's.
+    pub(crate) async fn start_with(
+        db: Database,
+        db_dir: Option<tempfile::TempDir>,
+        config: Config,
+        signing_key: SigningKey,
+        overrides: &[(&str, &str)],
+    ) -> Self {
+        let homeserver = FakeHomeserver::start().await;
+        let server_name = ServerName::parse(SERVER_NAME).unwrap();
+        let mut federation = FederationConfig::default();
+        federation.overrides.insert(
+            HOMESERVER.to_owned(),
+            ServerOverride {
+                url: homeserver.url.clone(),
+            },
+        );
+        for (name, url) in overrides {
+            federation.overrides.insert(
+                (*name).to_owned(),
+                ServerOverride {
+                    url: (*url).to_owned(),
+                },
+            );
+        }
+        let federation = FederationClient::new(
+            &federation,
+            Arc::new(NoDns),
+            Some(Origin {
+                server_name: server_name.clone(),
+                key: signing_key.clone(),
+            }),
+        )
+        .unwrap();
+        let state = hearth_identity::build(server_name, signing_key, db, federation, config)
+            .unwrap_or_else(|e| panic!("the identity service builds: {e}"));
+        Self {
+            router: hearth_identity::router(state.clone()),
+            state,
+            homeserver,
+            _db_dir: db_dir,
+        }
+    }
+
+    /// Any request through the router, headers as given.
+    pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {
+        into_test_response(self.router.clone().oneshot(request).await.unwrap()).await
+    }
+
+    /// A request through the router wrapped as the binary serves it
+    /// (`hearth_core::http::public_app` with the default `[http]`), so the
+    /// spec's fallbacks for unknown paths and methods apply.
+    pub(crate) async fn public_request(&self, method: Method, uri: &str) -> TestResponse {
+        let app = hearth_core::http::public_app(
+            self.router.clone(),
+            &hearth_core::config::HttpConfig::default(),
+        );
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        into_test_response(app.oneshot(request).await.unwrap()).await
+    }
+}
+
+async fn into_test_response(response: axum::response::Response) -> TestResponse {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    TestResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The `GET submitToken` link of a validation mail, if it has one.
+pub(crate) fn validation_link(mail: &Mail) -> Option<String> {
+    let prefix = format!("{PUBLIC_BASE_URL}/_matrix/identity/v2/validate/email/submitToken?");
+    let text = mail.part("text/plain")?;
+    let start = text.find(&prefix)?;
+    text[start..].split_whitespace().next().map(str::to_owned)
+}
+
+/// Validates `address` for the user of `token` through the spec's flow:
+/// `requestToken`, the token from the mail `smtp` receives, `POST
+/// submitToken`. Returns the sid.
+pub(crate) async fn validate_email(
+    h: &Harness,
+    smtp: &SmtpCapture,
+    token: &str,
+    address: &str,
+    client_secret: &str,
+) -> String {
+    let requested = h
+        .post(
+            "/validate/email/requestToken",
+            Some(token),
+            json!({"client_secret": client_secret, "email": address, "send_attempt": 1}),
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{}", requested.text());
+    let sid = requested.json()["sid"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let found = smtp.mails().iter().find_map(|mail| {
+            let params = query_params(&validation_link(mail)?);
+            (params.get("sid") == Some(&sid)).then(|| params["token"].clone())
+        });
+        if let Some(code) = found {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no validation mail for {address}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let submitted = h
+        .post(
+            "/validate/email/submitToken",
+            Some(token),
+            json!({"sid": sid, "client_secret": client_secret, "token": code}),
+        )
+        .await;
+    assert_eq!(submitted.json(), json!({"success": true}));
+    sid
+}
+
+/// Validates `address` (see [`validate_email`]) and binds it to `mxid`,
+/// the user of `token`. Returns the sid.
+pub(crate) async fn bind_email(
+    h: &Harness,
+    smtp: &SmtpCapture,
+    token: &str,
+    mxid: &str,
+    address: &str,
+    client_secret: &str,
+) -> String {
+    let sid = validate_email(h, smtp, token, address, client_secret).await;
+    let bound = h
+        .post(
+            "/3pid/bind",
+            Some(token),
+            json!({"sid": sid, "client_secret": client_secret, "mxid": mxid}),
+        )
+        .await;
+    assert_eq!(bound.status, StatusCode::OK, "{}", bound.text());
+    assert_eq!(bound.json()["mxid"], mxid);
+    sid
+}
+
+/// The spec's `sha256` lookup hash, computed independently of the
+/// server's code: SHA-256 of `"<address> <medium> <pepper>"`, in URL-safe
+/// unpadded base64.
+pub(crate) fn spec_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
+    base64_url_unpadded(&digest)
+}
+
+/// RFC 4648 §5 base64 without padding.
+pub(crate) fn base64_url_unpadded(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// The current pepper, from `GET /hash_details` as the user of `token`.
+pub(crate) async fn lookup_pepper(h: &Harness, token: &str) -> String {
+    let details = h.get("/hash_details", Some(token)).await;
+    assert_eq!(details.status, StatusCode::OK, "{}", details.text());
+    details.json()["lookup_pepper"].as_str().unwrap().to_owned()
+}
+
+/// A `sha256` lookup of `(address, medium)` pairs as a client makes it
+/// (`/hash_details`, then `/lookup`): the mxid each pair maps to, if any.
+pub(crate) async fn lookup_mxids(
+    h: &Harness,
+    token: &str,
+    threepids: &[(&str, &str)],
+) -> Vec<Option<String>> {
+    let pepper = lookup_pepper(h, token).await;
+    let hashes: Vec<String> = threepids
+        .iter()
+        .map(|(address, medium)| spec_lookup_hash(address, medium, &pepper))
+        .collect();
+    let response = h
+        .post(
+            "/lookup",
+            Some(token),
+            json!({"algorithm": "sha256", "pepper": pepper, "addresses": hashes}),
+        )
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    let mappings = response.json()["mappings"].clone();
+    hashes
+        .iter()
+        .map(|hash| mappings.get(hash).and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// A homeserver's key server on 127.0.0.1 over plain HTTP, for X-Matrix:
+/// `GET /_matrix/key/v2/server` answers `name`'s key, self-signed and
+/// valid for an hour; OpenID `userinfo` answers like [`FakeHomeserver`]'s,
+/// for users of `name`, so it can stand in for [`HOMESERVER`].
+#[derive(Debug)]
+pub(crate) struct FakeKeyServer {
+    pub(crate) url: String,
+    pub(crate) name: ServerName,
+    pub(crate) key: SigningKey,
+    key_requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct KeyServerState {
+    name: ServerName,
+    key: SigningKey,
+    key_requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeKeyServer {
+    pub(crate) async fn start(name: &str, key: SigningKey) -> Self {
+        let name = ServerName::parse(name).unwrap();
+        let key_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let state = Arc::new(KeyServerState {
+            name: name.clone(),
+            key: key.clone(),
+            key_requests: key_requests.clone(),
+        });
+        let app = Router::new()
+            .route("/_matrix/key/v2/server", get(server_keys))
+            .route(
+                "/_matrix/federation/v1/openid/userinfo",
+                get(key_server_userinfo),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            url,
+            name,
+            key,
+            key_requests,
+            task,
+        }
+    }
+
+    /// How many times its keys were fetched.
+    pub(crate) fn key_requests(&self) -> usize {
+        self.key_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeKeyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn server_keys(State(state): State<Arc<KeyServerState>>) -> axum::Json<Value> {
+    state
+        .key_requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut keys = json!({
+        "server_name": state.name.as_str(),
+        "verify_keys": { state.key.key_id(): { "key": state.key.public_key_base64() } },
+        "old_verify_keys": {},
+        "valid_until_ts": hearth_core::time::now_ms() + 3_600_000,
+    });
+    hearth_core::signed_json::sign_json(&mut keys, state.name.as_str(), &state.key).unwrap();
+    axum::Json(keys)
+}
+
+async fn key_server_userinfo(
+    State(state): State<Arc<KeyServerState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> (StatusCode, axum::Json<Value>) {
+    match query.get("access_token") {
+        Some(token) if !token.starts_with("bad") => (
+            StatusCode::OK,
+            axum::Json(json!({ "sub": format!("@{token}:{}", state.name) })),
+        ),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token unknown"})),
+        ),
+    }
+}
