@@ -13,6 +13,13 @@
 //!   key-file and signing library (`HEARTH_TEST_PYTHON`).
 //! - [`postgres_url`] is the PostgreSQL the suite may use
 //!   (`HEARTH_TEST_POSTGRES`).
+//! - [`TestCertificate`] is a throwaway CA with a `localhost` certificate,
+//!   for Hearth's HTTPS listener; [`HttpClient`] speaks HTTP/1.1 with JSON
+//!   bodies and Bearer tokens, plain or over TLS.
+//! - [`SmtpCapture`] is PyPI's `aiosmtpd` (in the [`python`] peer) writing
+//!   each mail into a Maildir, read back as [`Mail`].
+//! - [`Synapse`] is a real homeserver from PyPI's `matrix-synapse`
+//!   (`HEARTH_TEST_SYNAPSE_PYTHON`, else `target/peers/synapse`).
 //!
 //! Inherited `HEARTH_*` variables are removed from every command's
 //! environment, so a developer's shell (or the harness's own `HEARTH_BIN`)
@@ -26,6 +33,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -675,5 +683,690 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
                 .unwrap();
         assert_eq!(chunked.text(), "abcde");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS and HTTP with bodies.
+
+/// A throwaway CA and a certificate for `localhost` signed by it, written as
+/// PEM files (CA, certificate chain, private key) into a directory.
+#[derive(Debug)]
+pub struct TestCertificate {
+    pub ca: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    ca_der: Vec<u8>,
+}
+
+impl TestCertificate {
+    /// Makes the CA and the `localhost` certificate in `dir`.
+    pub fn localhost(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "Hearth e2e CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("a self-signed CA");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let leaf_key = KeyPair::generate().expect("a leaf key");
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf parameters");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf_cert = leaf
+            .signed_by(&leaf_key, &issuer)
+            .expect("a CA-signed leaf");
+
+        let this = Self {
+            ca: dir.join("ca.pem"),
+            certificate: dir.join("cert.pem"),
+            private_key: dir.join("key.pem"),
+            ca_der: ca_cert.der().to_vec(),
+        };
+        fs::write(&this.ca, ca_cert.pem()).expect("writing ca.pem");
+        fs::write(&this.certificate, leaf_cert.pem()).expect("writing cert.pem");
+        fs::write(&this.private_key, leaf_key.serialize_pem()).expect("writing key.pem");
+        this
+    }
+
+    /// A TLS client config that trusts this CA alone.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))
+            .expect("the test CA is a valid root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+/// A minimal HTTP/1.1 client for one server, over plain TCP or TLS: one
+/// fresh connection per request (`Connection: close`), JSON bodies, and a
+/// Bearer token when given. Requests that fail to get any answer panic with
+/// what was asked, so tests read as the steps they take.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    addr: SocketAddr,
+    /// The `Host` header, and the name the TLS certificate must match.
+    host: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl HttpClient {
+    /// Plain HTTP to `addr`.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            host: addr.to_string(),
+            tls: None,
+        }
+    }
+
+    /// HTTPS to `addr`, checking the certificate against `tls`'s roots for
+    /// `host` (a DNS name, e.g. `localhost`).
+    pub fn https(addr: SocketAddr, host: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            addr,
+            host: host.to_owned(),
+            tls: Some(tls),
+        }
+    }
+
+    /// `method path` with an optional Bearer `token` and JSON `body`.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> HttpResponse {
+        self.try_request(method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.addr))
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        self.request("GET", path, token, None)
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: &Value) -> HttpResponse {
+        self.request("POST", path, token, Some(body))
+    }
+
+    pub fn put(&self, path: &str, token: Option<&str>, body: &Value) -> HttpResponse {
+        self.request("PUT", path, token, Some(body))
+    }
+
+    /// As [`HttpClient::request`], returning connection errors.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> io::Result<HttpResponse> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("JSON serialises"));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\nConnection: close\r\n",
+            self.host
+        );
+        if let Some(token) = token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(body) = &body {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body.as_deref().unwrap_or_default());
+
+        let tcp = TcpStream::connect_timeout(&self.addr, HTTP_TIMEOUT)?;
+        tcp.set_read_timeout(Some(HTTP_TIMEOUT))?;
+        tcp.set_write_timeout(Some(HTTP_TIMEOUT))?;
+        let raw = match &self.tls {
+            None => exchange(tcp, &request)?,
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let connection = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(io::Error::other)?;
+                exchange(rustls::StreamOwned::new(connection, tcp), &request)?
+            }
+        };
+        parse_response(&raw)
+    }
+}
+
+/// Writes `request` and reads to the end. A TLS peer that closes without
+/// `close_notify` ends the response too, once some of it has arrived.
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> io::Result<Vec<u8>> {
+    stream.write_all(request)?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
+}
+
+/// The last `lines` lines of `text`, for logs in failure messages.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// SMTP capture.
+
+/// A real SMTP server, PyPI `aiosmtpd` (in the [`python`] peer) with its
+/// Maildir handler, on a free loopback port, without TLS. Killed on drop.
+#[derive(Debug)]
+pub struct SmtpCapture {
+    port: u16,
+    child: Child,
+    dir: TempDir,
+}
+
+impl SmtpCapture {
+    /// Starts it and waits until it accepts connections.
+    pub fn start() -> Self {
+        let python = python();
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-smtp-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let port = free_port();
+        let log = File::create(dir.path().join("aiosmtpd.log")).expect("creating the log");
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("maildir"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} -m aiosmtpd: {e}", python.display()));
+        let mut capture = Self { port, child, dir };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if let Some(status) = capture.child.try_wait().expect("polling aiosmtpd") {
+                panic!(
+                    "aiosmtpd exited ({status}) before listening; is aiosmtpd installed for {}? \
+                     (`cargo xtask test` installs it)\n{}",
+                    python.display(),
+                    capture.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not listen within {READY_TIMEOUT:?}: {}",
+                capture.log()
+            );
+            thread::sleep(POLL);
+        }
+        capture
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("aiosmtpd.log")).unwrap_or_default()
+    }
+
+    /// The mails received so far, oldest first.
+    pub fn mails(&self) -> Vec<Mail> {
+        let Ok(entries) = fs::read_dir(self.dir.path().join("maildir/new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter_map(|path| Some((fs::metadata(&path).ok()?.modified().ok()?, path)))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|(_, path)| fs::read(path).ok())
+            .map(|raw| Mail::parse(&String::from_utf8_lossy(&raw)))
+            .collect()
+    }
+
+    /// The mails received so far whose `To:` holds `to`, oldest first.
+    pub fn mails_to(&self, to: &str) -> Vec<Mail> {
+        self.mails()
+            .into_iter()
+            .filter(|mail| mail.header("to").is_some_and(|t| t.contains(to)))
+            .collect()
+    }
+
+    /// Waits (at most `timeout`) until more than `seen` mails to `to` have
+    /// arrived, and returns the newest.
+    pub fn wait_for_mail_to(&self, to: &str, seen: usize, timeout: Duration) -> Mail {
+        let mut mails = Vec::new();
+        wait_until(timeout, || {
+            mails = self.mails_to(to);
+            mails.len() > seen
+        });
+        assert!(
+            mails.len() > seen,
+            "no new mail to {to} within {timeout:?} ({seen} before; {} mails in all); \
+             aiosmtpd says:\n{}",
+            self.mails().len(),
+            self.log()
+        );
+        mails.pop().expect("a new mail")
+    }
+}
+
+impl Drop for SmtpCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One captured mail: its headers, and the decoded body of each leaf part.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub raw: String,
+    headers: Vec<(String, String)>,
+    /// `(content type, decoded body)` of each leaf part, or of the whole
+    /// mail when it is not multipart.
+    pub parts: Vec<(String, String)>,
+}
+
+impl Mail {
+    pub fn parse(raw: &str) -> Self {
+        let raw = raw.replace("\r\n", "\n");
+        let (headers, body) = split_mail_headers(&raw);
+        let mut parts = Vec::new();
+        collect_mail_parts(&headers, body, &mut parts);
+        Self {
+            raw: raw.clone(),
+            headers,
+            parts,
+        }
+    }
+
+    /// The first header of that name (any case), unfolded.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        mail_header(&self.headers, name)
+    }
+
+    /// The decoded body of the first part of this content type.
+    pub fn part(&self, content_type: &str) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(content_type))
+            .map(|(_, b)| b.as_str())
+    }
+
+    /// The `text/plain` part.
+    ///
+    /// # Panics
+    /// When there is none, showing the mail.
+    pub fn text(&self) -> &str {
+        self.part("text/plain")
+            .unwrap_or_else(|| panic!("no text/plain part in:\n{}", self.raw))
+    }
+}
+
+fn mail_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn split_mail_headers(text: &str) -> (Vec<(String, String)>, &str) {
+    let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = headers.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    (headers, body)
+}
+
+fn collect_mail_parts(headers: &[(String, String)], body: &str, parts: &mut Vec<(String, String)>) {
+    let content_type = mail_header(headers, "content-type").unwrap_or("text/plain");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime.starts_with("multipart/") {
+        let Some(boundary) = content_type
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("boundary="))
+        else {
+            parts.push((mime, body.to_owned()));
+            return;
+        };
+        let delimiter = format!("--{}", boundary.trim_matches('"'));
+        for chunk in body.split(&delimiter).skip(1) {
+            if chunk.starts_with("--") {
+                break;
+            }
+            let chunk = chunk.strip_prefix('\n').unwrap_or(chunk);
+            let (part_headers, part_body) = split_mail_headers(chunk);
+            collect_mail_parts(&part_headers, part_body, parts);
+        }
+        return;
+    }
+    let decoded = match mail_header(headers, "content-transfer-encoding")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("quoted-printable") => decode_quoted_printable(body),
+        Some("base64") => {
+            let compact: String = body.split_whitespace().collect();
+            hearth_core::base64::decode(compact.trim_end_matches('='))
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_else(|_| body.to_owned())
+        }
+        _ => body.to_owned(),
+    };
+    parts.push((mime, decoded));
+}
+
+fn decode_quoted_printable(body: &str) -> String {
+    let body = body.replace("=\n", "");
+    let bytes = body.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && let Some(hex) = body.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Synapse.
+
+/// The variable naming the Python that runs Synapse.
+pub const SYNAPSE_PYTHON_VAR: &str = "HEARTH_TEST_SYNAPSE_PYTHON";
+/// How long Synapse may take to start answering.
+pub const SYNAPSE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Python with PyPI's `matrix-synapse`: `HEARTH_TEST_SYNAPSE_PYTHON`, else
+/// the virtualenv `cargo xtask test` keeps in `target/peers/synapse`.
+///
+/// # Panics
+/// When neither exists, saying how to get one.
+pub fn synapse_python() -> PathBuf {
+    if let Some(python) = env::var_os(SYNAPSE_PYTHON_VAR).filter(|p| !p.is_empty()) {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace root")
+        .join("target/peers/synapse/bin/python");
+    assert!(
+        venv.is_file(),
+        "{SYNAPSE_PYTHON_VAR} is not set and there is no virtualenv at {}: run the suite with \
+         `cargo xtask test`, which makes one with matrix-synapse, or point \
+         {SYNAPSE_PYTHON_VAR} at a Python that can `import synapse`",
+        venv.display()
+    );
+    venv
+}
+
+/// Merges the JSON object argv[2] into the top level of the YAML file
+/// argv[1] (Synapse's PyYAML).
+const PY_MERGE_YAML: &str = "\
+import json, sys, yaml
+with open(sys.argv[1]) as f:
+    config = yaml.safe_load(f)
+config.update(json.loads(sys.argv[2]))
+with open(sys.argv[1], 'w') as f:
+    yaml.safe_dump(config, f)
+";
+
+/// A real Synapse from PyPI, as testing-with-synapse.md sets it up: a
+/// generated config (SQLite, a registration shared secret) for server name
+/// `localhost:<port>`, one plain-HTTP listener on 127.0.0.1 serving the
+/// client and federation resources, plus the caller's overrides. Killed on
+/// drop, which prints its logs when the test is failing.
+#[derive(Debug)]
+pub struct Synapse {
+    dir: TempDir,
+    addr: SocketAddr,
+    server_name: String,
+    child: Child,
+    python: PathBuf,
+}
+
+impl Synapse {
+    /// Generates the config, merges `overrides` (a JSON object of top-level
+    /// keys) into it, starts Synapse and waits until
+    /// `/_matrix/client/versions` answers.
+    pub fn start(overrides: &Value) -> Self {
+        let python = synapse_python();
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-synapse-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let server_name = format!("localhost:{}", addr.port());
+
+        let mut generate = Command::new(&python);
+        generate
+            .args(["-m", "synapse.app.homeserver", "--server-name"])
+            .arg(&server_name)
+            .args([
+                "--config-path",
+                "homeserver.yaml",
+                "--generate-config",
+                "--report-stats=no",
+            ])
+            .current_dir(dir.path());
+        let out = run(generate, None);
+        assert!(out.status.success(), "generating Synapse's config: {out}");
+
+        let mut config = serde_json::json!({
+            "listeners": [{
+                "port": addr.port(),
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": false,
+                "x_forwarded": false,
+                "resources": [{"names": ["client", "federation"], "compress": false}],
+            }],
+        });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
+            config.extend(extra.clone());
+        }
+        let mut merge = Command::new(&python);
+        merge
+            .arg("-c")
+            .arg(PY_MERGE_YAML)
+            .arg(dir.path().join("homeserver.yaml"))
+            .arg(config.to_string());
+        let out = run(merge, None);
+        assert!(out.status.success(), "editing homeserver.yaml: {out}");
+
+        let log = File::create(dir.path().join("stdout.log")).expect("creating the log");
+        let child = Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c", "homeserver.yaml"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting Synapse with {}: {e}", python.display()));
+        let mut synapse = Self {
+            dir,
+            addr,
+            server_name,
+            child,
+            python,
+        };
+        synapse.wait_ready();
+        synapse
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + SYNAPSE_READY_TIMEOUT;
+        let client = self.client();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling Synapse") {
+                panic!(
+                    "Synapse exited ({status}) before it answered; logs:\n{}",
+                    self.logs()
+                );
+            }
+            if client
+                .try_request("GET", "/_matrix/client/versions", None, None)
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Synapse did not answer /_matrix/client/versions within \
+                 {SYNAPSE_READY_TIMEOUT:?}; logs:\n{}",
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its server name, `localhost:<port>`.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its plain-HTTP URL, for a federation override.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> HttpClient {
+        HttpClient::plain(self.addr)
+    }
+
+    /// `@<localpart>:<server name>`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+
+    /// Registers a user with the shared secret (`register_new_matrix_user`).
+    pub fn register_user(&self, localpart: &str, password: &str) {
+        let mut cmd = Command::new(&self.python);
+        cmd.args([
+            "-m",
+            "synapse._scripts.register_new_matrix_user",
+            "-c",
+            "homeserver.yaml",
+            "-u",
+            localpart,
+            "-p",
+            password,
+            "--no-admin",
+        ])
+        .arg(self.url())
+        .current_dir(self.path());
+        let out = run(cmd, None);
+        assert!(
+            out.status.success(),
+            "registering {localpart} on Synapse: {out}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Logs in with a password; the access token.
+    pub fn login(&self, localpart: &str, password: &str) -> String {
+        let response = self.client().post(
+            "/_matrix/client/v3/login",
+            None,
+            &serde_json::json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": localpart},
+                "password": password,
+            }),
+        );
+        assert_eq!(
+            response.status,
+            200,
+            "logging {localpart} in to Synapse: {}",
+            response.text()
+        );
+        response.json()["access_token"]
+            .as_str()
+            .expect("an access_token")
+            .to_owned()
+    }
+
+    /// Registers `localpart` and logs in: the access token.
+    pub fn user(&self, localpart: &str, password: &str) -> String {
+        self.register_user(localpart, password);
+        self.login(localpart, password)
+    }
+
+    /// Its working directory: config, keys, database, logs.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `homeserver.log` (its log config's file), then its stdout and stderr.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.path().join(name)).unwrap_or_default();
+        format!(
+            "--- Synapse homeserver.log (last 300 lines) ---\n{}\n--- Synapse stdout/stderr ---\n{}",
+            tail(&read("homeserver.log"), 300),
+            tail(&read("stdout.log"), 100)
+        )
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -16,14 +16,11 @@ use std::path::{Path, PathBuf};
 /// The documented example, every key with its default.
 pub(crate) const EXAMPLE: &str = include_str!("../../../config/hearth.example.toml");
 
-/// Environment variables with our prefix that are not config keys.
-const NOT_CONFIG_KEYS: &[&str] = &[
-    "config",
-    "bin",
-    "test_postgres",
-    "test_pg_port",
-    "test_python",
-];
+/// Whether `HEARTH_<key>` is a config key: the config file's own variable,
+/// the binary's path and the test suite's variables (`HEARTH_TEST_*`) are not.
+fn is_config_key(key: &str) -> bool {
+    key != "config" && key != "bin" && !key.starts_with("test_")
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -80,7 +77,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("HEARTH_").ignore(NOT_CONFIG_KEYS).split("__"));
+        figment = figment.merge(
+            Env::prefixed("HEARTH_")
+                .filter(|key| is_config_key(&key.as_str().to_ascii_lowercase()))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
