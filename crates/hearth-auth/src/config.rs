@@ -23,7 +23,9 @@ pub struct TermsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Changing the version asks every user to accept again.
+    /// Changing the version asks every user to accept again, provided the
+    /// new version's documents have new URLs (acceptance is recorded by URL,
+    /// as clients send it); file-served documents get versioned URLs.
     pub version: String,
     /// By language code (`en`, `fr`, ...).
     pub languages: BTreeMap<String, PolicyLanguage>,

@@ -2,9 +2,10 @@
 
 use crate::threepid::canonical;
 use crate::{IdentityState, invites, lookup, sessions};
-use axum::extract::{OriginalUri, Query, State};
+use axum::extract::{OriginalUri, State};
 use hearth_auth::TermsAccepted;
-use hearth_core::ids::UserId;
+use hearth_core::http::Query;
+use hearth_core::ids::{ServerName, UserId};
 use hearth_core::signed_json::sign_json;
 use hearth_core::time::now_ms;
 use hearth_core::{ErrCode, Json, MatrixError};
@@ -134,6 +135,42 @@ struct UnbindRequest {
     client_secret: Option<String>,
 }
 
+/// Verifies Synapse's X-Matrix signature. Synapse signs `destination_is`
+/// with the identity server's name as its client gave it, which is the host
+/// of `public_base_url` when that differs from `server_name` (the cause of
+/// Sydent's "SignatureVerifyException on unbind"), so both are accepted.
+async fn verify_homeserver(
+    state: &IdentityState,
+    authorization: &str,
+    path: &str,
+    content: &Value,
+) -> Result<ServerName, MatrixError> {
+    let mut names = vec![state.server_name.clone()];
+    names.extend(public_host(&state.public_base_url).filter(|p| p != &state.server_name));
+    let mut failure = None;
+    for name in names {
+        let ours = Destination::IdentityServer(name);
+        match state
+            .keys
+            .verify_request(authorization, "POST", path, Some(content), &ours)
+            .await
+        {
+            Ok(origin) => return Ok(origin),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(MatrixError::forbidden(format!(
+        "X-Matrix authentication failed: {}",
+        failure.map_or_else(String::new, |e| e.to_string())
+    )))
+}
+
+/// `host[:port]` of a base URL, as a server name.
+fn public_host(base_url: &str) -> Option<ServerName> {
+    let uri: http::Uri = base_url.parse().ok()?;
+    ServerName::parse(uri.authority()?.as_str()).ok()
+}
+
 /// `POST /3pid/unbind`: either signed (X-Matrix) by the homeserver that
 /// owns `mxid`, or proven with a validated session for the same 3PID.
 /// Removing a binding that does not exist is not an error.
@@ -146,28 +183,9 @@ pub(crate) async fn unbind(
     let request: UnbindRequest = serde_json::from_value(content.clone())
         .map_err(|e| MatrixError::bad_json(format!("Malformed JSON: {e}")))?;
     let address = canonical(&request.threepid.medium, &request.threepid.address)?;
-    if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
-        let authorization = authorization
-            .to_str()
-            .map_err(|_| MatrixError::forbidden("Malformed Authorization header"))?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let origin = state
-            .keys
-            .verify_request(
-                authorization,
-                "POST",
-                path,
-                Some(&content),
-                &Destination::IdentityServer(state.server_name.clone()),
-            )
-            .await
-            .map_err(|e| MatrixError::forbidden(format!("X-Matrix authentication failed: {e}")))?;
-        if &origin != request.mxid.server_name() {
-            return Err(MatrixError::forbidden(
-                "Only the homeserver of mxid may unbind it",
-            ));
-        }
-    } else if let (Some(sid), Some(client_secret)) = (&request.sid, &request.client_secret) {
+    // A session proves control of the 3PID; it is checked first, since
+    // clients may send it beside a Bearer token (Sydent does the same).
+    if let (Some(sid), Some(client_secret)) = (&request.sid, &request.client_secret) {
         let session = sessions::validated(
             &state.db,
             sid,
@@ -178,6 +196,17 @@ pub(crate) async fn unbind(
         .map_err(|e| MatrixError::forbidden(e.error))?;
         if session.medium != request.threepid.medium || session.address != address {
             return Err(MatrixError::forbidden("The session validated another 3PID"));
+        }
+    } else if let Some(authorization) = headers.get(http::header::AUTHORIZATION) {
+        let authorization = authorization
+            .to_str()
+            .map_err(|_| MatrixError::forbidden("Malformed Authorization header"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let origin = verify_homeserver(&state, authorization, path, &content).await?;
+        if &origin != request.mxid.server_name() {
+            return Err(MatrixError::forbidden(
+                "Only the homeserver of mxid may unbind it",
+            ));
         }
     } else {
         return Err(MatrixError::forbidden(

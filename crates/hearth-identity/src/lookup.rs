@@ -11,7 +11,7 @@ use crate::threepid::{EMAIL, MSISDN};
 use axum::extract::State;
 use hearth_auth::TermsAccepted;
 use hearth_core::config::Duration;
-use hearth_core::storage::Database;
+use hearth_core::storage::{Backend, Database};
 use hearth_core::time::now_ms;
 use hearth_core::{ErrCode, Json, MatrixError};
 use http::StatusCode;
@@ -51,8 +51,15 @@ pub(crate) async fn current_pepper(db: &Database) -> Result<Option<String>, Matr
 /// pepper either way. Safe to call from several instances at once.
 pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<String, MatrixError> {
     let every_ms = every.as_millis_i64().max(60_000);
-    let epoch = now_ms() / every_ms;
-    let mut tx = db.pool().begin().await?;
+    // The epoch is the start of the current period in ms, so it still
+    // compares right after the operator changes the period.
+    let epoch = now_ms() / every_ms * every_ms;
+    // SQLite: take the write lock up front, or two instances that both
+    // read the old pepper deadlock on upgrading their read locks.
+    let mut tx = match db.backend() {
+        Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => db.pool().begin().await?,
+    };
     let current =
         sqlx::query("SELECT epoch, pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -165,6 +172,15 @@ pub(crate) async fn index_association(
     Ok(())
 }
 
+/// The current pepper, made on first use if the background task has not
+/// made one yet.
+async fn pepper(state: &IdentityState) -> Result<String, MatrixError> {
+    match current_pepper(&state.db).await? {
+        Some(p) => Ok(p),
+        None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await,
+    }
+}
+
 fn algorithms(state: &IdentityState) -> Vec<&'static str> {
     if state.config.allow_plaintext_lookup {
         vec![SHA256, NONE]
@@ -178,10 +194,7 @@ pub(crate) async fn hash_details(
     State(state): State<IdentityState>,
     _: TermsAccepted,
 ) -> Result<Json<Value>, MatrixError> {
-    let pepper = match current_pepper(&state.db).await? {
-        Some(p) => p,
-        None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await?,
-    };
+    let pepper = pepper(&state).await?;
     Ok(Json(
         json!({ "lookup_pepper": pepper, "algorithms": algorithms(&state) }),
     ))
@@ -217,18 +230,15 @@ pub(crate) async fn lookup(
             "Unsupported algorithm {algorithm:?}"
         )));
     }
-    let pepper = current_pepper(&state.db).await?;
-    if pepper.as_deref() != Some(request.pepper.as_str()) {
-        let mut error = MatrixError::new(
+    let pepper = pepper(&state).await?;
+    if pepper != request.pepper {
+        return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
             ErrCode("M_INVALID_PEPPER"),
             "Unknown or invalid pepper: fetch /hash_details again",
         )
-        .with("algorithm", algorithm);
-        if let Some(p) = pepper {
-            error = error.with("lookup_pepper", p);
-        }
-        return Err(error);
+        .with("algorithm", algorithm)
+        .with("lookup_pepper", pepper));
     }
     let mappings = if algorithm == SHA256 {
         by_hash(&state.db, &request.pepper, &request.addresses).await?

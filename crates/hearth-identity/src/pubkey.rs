@@ -1,7 +1,8 @@
 //! Spec "Key management": the long-term key and the ephemeral invite keys.
 
 use crate::IdentityState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use hearth_core::http::Query;
 use hearth_core::{Json, MatrixError};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -22,8 +22,10 @@ pub struct SydentImport {
 }
 
 /// Copies Sydent's local bindings, its invites for addresses that are not
-/// bound yet and still valid, and its ephemeral keys. Existing Hearth rows
-/// for the same 3PID are replaced; the import can be run again.
+/// bound yet and still valid, and its ephemeral keys. A Hearth binding of
+/// the same 3PID is replaced only by a newer Sydent one, so running the
+/// import again does no harm; but a binding removed in Hearth since would
+/// come back, so import once, when switching over.
 pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImport, String> {
     if !sydent_db.is_file() {
         return Err(format!("{}: not found", sydent_db.display()));
@@ -62,10 +64,12 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         let ts: i64 = row.try_get("ts").map_err(read)?;
         let not_before: i64 = row.try_get("notBefore").map_err(read)?;
         let not_after: i64 = row.try_get("notAfter").map_err(read)?;
-        sqlx::query(
+        // A binding made in Hearth since an earlier import is newer: keep it.
+        let written = sqlx::query(
             "INSERT INTO identity_associations (medium, address, mxid, ts, not_before, not_after)
              VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (medium, address) DO UPDATE SET mxid = $3, ts = $4, not_before = $5, not_after = $6",
+             ON CONFLICT (medium, address) DO UPDATE SET mxid = $3, ts = $4, not_before = $5, not_after = $6
+             WHERE identity_associations.ts < $4",
         )
         .bind(&medium)
         .bind(&address)
@@ -76,6 +80,9 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         .execute(&mut *tx)
         .await
         .map_err(write)?;
+        if written.rows_affected() == 0 {
+            continue;
+        }
         lookup::index_association(&mut tx, &medium, &address, &mxid)
             .await
             .map_err(|e| e.error)?;

@@ -9,8 +9,9 @@ pub(crate) const EMAIL: &str = "email";
 pub(crate) const MSISDN: &str = "msisdn";
 
 /// The canonical form of an email address: the whole address lower-cased
-/// (Unicode case folding, as Sydent does since MSC2265), surrounding space
-/// removed. Rejects what cannot be an address.
+/// (MSC2265), surrounding space removed. Lower-casing rather than full case
+/// folding (which turns `ß` into `ss`) matches what Element hashes.
+/// Rejects what cannot be an address.
 pub(crate) fn canonical_email(address: &str) -> Result<String, MatrixError> {
     let invalid = || {
         MatrixError::new(

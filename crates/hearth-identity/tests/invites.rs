@@ -274,10 +274,8 @@ impl Dns for NoDns {
 /// An address no other test uses, so mails are told apart.
 fn unique_address(name: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let mut r = [0u8; 4];
-    getrandom::fill(&mut r).unwrap();
     let n = N.fetch_add(1, Ordering::SeqCst);
-    format!("{name}.{n}.{:08x}@example.org", u32::from_be_bytes(r))
+    format!("{name}.{n}.{}@example.org", hearth_core::random::hex::<4>())
 }
 
 // ---------------------------------------------------------------------------
@@ -563,9 +561,7 @@ async fn count(db: &Database, table: &str) -> i64 {
 }
 
 fn rand_u32() -> u32 {
-    let mut r = [0u8; 4];
-    getrandom::fill(&mut r).unwrap();
-    u32::from_be_bytes(r)
+    u32::from_be_bytes(hearth_core::random::bytes())
 }
 
 async fn call(

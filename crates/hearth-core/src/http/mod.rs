@@ -5,6 +5,7 @@
 mod client_ip;
 mod cors;
 mod json;
+mod query;
 mod rate_limit;
 mod serve;
 mod trace;
@@ -12,6 +13,7 @@ mod trace;
 pub use client_ip::{ClientIp, ClientIpPolicy};
 pub use cors::cors;
 pub use json::Json;
+pub use query::Query;
 pub use rate_limit::{RateLimiter, rate_limit};
 pub use serve::{Listener, TlsFiles, load_tls, serve};
 

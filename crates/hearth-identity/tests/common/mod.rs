@@ -719,12 +719,16 @@ async fn into_test_response(response: axum::response::Response) -> TestResponse 
     }
 }
 
-/// The `GET submitToken` link of a validation mail, if it has one.
+/// The `GET submitToken` link of a validation mail, if it has one
+/// (under whatever `public_base_url`).
 pub(crate) fn validation_link(mail: &Mail) -> Option<String> {
-    let prefix = format!("{PUBLIC_BASE_URL}/_matrix/identity/v2/validate/email/submitToken?");
-    let text = mail.part("text/plain")?;
-    let start = text.find(&prefix)?;
-    text[start..].split_whitespace().next().map(str::to_owned)
+    mail.part("text/plain")?
+        .split_whitespace()
+        .find(|word| {
+            word.starts_with("https://")
+                && word.contains("/_matrix/identity/v2/validate/email/submitToken?")
+        })
+        .map(str::to_owned)
 }
 
 /// Validates `address` for the user of `token` through the spec's flow:
@@ -806,8 +810,7 @@ pub(crate) fn spec_lookup_hash(address: &str, medium: &str, pepper: &str) -> Str
 
 /// RFC 4648 §5 base64 without padding.
 pub(crate) fn base64_url_unpadded(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -851,7 +854,12 @@ pub(crate) async fn lookup_mxids(
     let mappings = response.json()["mappings"].clone();
     hashes
         .iter()
-        .map(|hash| mappings.get(hash).and_then(Value::as_str).map(str::to_owned))
+        .map(|hash| {
+            mappings
+                .get(hash)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect()
 }
 
