@@ -1,14 +1,16 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! Each peer the tests talk to (PostgreSQL, Python libraries such as
-//! `signedjson`; Synapse and an SMTP capture server later) lives in its own
-//! module. A peer is set up before the test run, hands over the environment
-//! variables that point the tests at it, and stops what it started when
-//! dropped. The end-to-end suite (`tests/`, package `hearth-e2e`) also gets
-//! a freshly built `hearth` binary in `HEARTH_BIN`.
+//! `signedjson` and `aiosmtpd`, Synapse) lives in its own module. A peer is
+//! set up before the test run, hands over the environment variables that
+//! point the tests at it, and stops what it started when dropped. The
+//! end-to-end suite (`tests/`, package `hearth-e2e`) also gets a freshly
+//! built `hearth` binary in `HEARTH_BIN`.
 
+mod bench;
 mod postgres;
 mod python;
+mod synapse;
 
 use std::env;
 use std::ffi::{OsStr, OsString};
@@ -25,12 +27,15 @@ commands:
   test [args...]   set up PostgreSQL, the Python peers and the hearth binary,
                    then run every test in the workspace; args go to
                    `cargo nextest run` (or `cargo test`)
+  bench [options]  measure Hearth's hashed lookups against Sydent's and
+                   write target/bench/report.md; `bench --help` lists options
   help             show this message";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         Some("help" | "-h" | "--help") => {
             eprintln!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -64,6 +69,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
     if runs_package(args, E2E_PACKAGE) {
         let python = python::Python::setup(&root)?;
         env.push((python::PYTHON_VAR, python.interpreter().into()));
+        let synapse = synapse::Synapse::setup(&root)?;
+        env.push((synapse::PYTHON_VAR, synapse.interpreter().into()));
         env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;

@@ -1,6 +1,7 @@
 //! A Python virtualenv with the PyPI libraries the end-to-end tests use as
-//! peers: today `signedjson`, the library Synapse reads and writes its
-//! `signing.key` files and signs JSON with.
+//! peers: `signedjson`, the library Synapse reads and writes its
+//! `signing.key` files and signs JSON with, and `aiosmtpd`, an SMTP server
+//! that captures the mails Hearth sends.
 //!
 //! The virtualenv lives in `target/peers/python` and survives between runs;
 //! it is rebuilt only when it is missing, broken, or holds other versions
@@ -16,10 +17,10 @@ use anyhow::{Context, Result, bail};
 use crate::{is_root, output, run_visible};
 
 /// The variable the tests read; set it to use an interpreter of your own
-/// (one that can `import signedjson`) instead.
+/// (one that can `import signedjson, aiosmtpd`) instead.
 pub(crate) const PYTHON_VAR: &str = "HEARTH_TEST_PYTHON";
 /// Pinned, so a new release cannot change what the tests compare against.
-const REQUIREMENTS: &[(&str, &str)] = &[("signedjson", "1.1.4")];
+const REQUIREMENTS: &[(&str, &str)] = &[("signedjson", "1.1.4"), ("aiosmtpd", "1.4.6")];
 /// The interpreter the virtualenv is made from.
 const BASE_PYTHON: &str = "python3";
 
@@ -140,7 +141,7 @@ for name in sys.argv[1:]:
 
 /// Debian ships `venv` (with `ensurepip`) apart from Python itself; root
 /// installs it, others get told what to do.
-fn ensure_venv_module() -> Result<()> {
+pub(crate) fn ensure_venv_module() -> Result<()> {
     let has_venv =
         || output(Command::new(BASE_PYTHON).args(["-c", "import venv, ensurepip"])).is_ok();
     if has_venv() {
@@ -149,7 +150,7 @@ fn ensure_venv_module() -> Result<()> {
     if !is_root()? {
         bail!(
             "{BASE_PYTHON} with the venv module is needed (Debian: the python3-venv package), \
-             or set {PYTHON_VAR} to a Python that can import signedjson"
+             or set {PYTHON_VAR} to a Python that can import signedjson and aiosmtpd"
         );
     }
     eprintln!("xtask: Python's venv module not found, installing it with apt-get");

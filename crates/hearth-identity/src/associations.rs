@@ -93,11 +93,11 @@ pub(crate) async fn bind(
     .bind(ts + ASSOCIATION_LIFETIME_MS)
     .execute(&mut *tx)
     .await?;
-    lookup::index_association(
+    lookup::record_change(
         &mut tx,
         &session.medium,
         &session.address,
-        request.mxid.as_str(),
+        Some(request.mxid.as_str()),
     )
     .await?;
     invites::on_bound(
@@ -109,6 +109,11 @@ pub(crate) async fn bind(
     )
     .await?;
     tx.commit().await?;
+    state.index.apply(
+        &session.medium,
+        &session.address,
+        Some(request.mxid.as_str()),
+    );
     // Deliver any onbind callback just queued now, not at the next poll.
     crate::outbox::wake();
     sign_json(
@@ -223,13 +228,12 @@ pub(crate) async fn unbind(
     .execute(&mut *tx)
     .await?;
     if removed.rows_affected() > 0 {
-        sqlx::query("DELETE FROM identity_lookup_hashes WHERE medium = $1 AND address = $2")
-            .bind(&request.threepid.medium)
-            .bind(&address)
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!("3PID unbound");
+        lookup::record_change(&mut tx, &request.threepid.medium, &address, None).await?;
     }
     tx.commit().await?;
+    if removed.rows_affected() > 0 {
+        state.index.apply(&request.threepid.medium, &address, None);
+        tracing::info!("3PID unbound");
+    }
     Ok(Json(json!({})))
 }

@@ -53,8 +53,16 @@ pub async fn export(state: &IdentityState, user_id: &UserId) -> Result<Value, Ma
 /// `user_id`, and any undelivered `onbind` callback about it.
 pub async fn forget(state: &IdentityState, user_id: &UserId) -> Result<(), MatrixError> {
     let mut tx = state.db.pool().begin().await?;
+    // Tell every instance's lookup index, then remove the bindings.
+    sqlx::query(
+        "INSERT INTO identity_lookup_changes (medium, address, mxid, ts)
+         SELECT medium, address, NULL, $2 FROM identity_associations WHERE mxid = $1",
+    )
+    .bind(user_id.as_str())
+    .bind(hearth_core::time::now_ms())
+    .execute(&mut *tx)
+    .await?;
     for sql in [
-        "DELETE FROM identity_lookup_hashes WHERE mxid = $1",
         "DELETE FROM identity_associations WHERE mxid = $1",
         "DELETE FROM identity_invites WHERE sender = $1",
     ] {

@@ -50,6 +50,7 @@ pub struct Identity {
     pub auth: Auth,
     pub federation: FederationClient,
     pub keys: KeyStore,
+    pub(crate) index: lookup::LookupIndex,
     pub(crate) mailer: email::Mailer,
     pub(crate) sms: sms::Sender,
     pub config: Config,
@@ -72,8 +73,8 @@ impl FromRef<IdentityState> for Auth {
     }
 }
 
-/// Periodic upkeep until `shutdown`: the pepper rotates on schedule and
-/// expired validation sessions are deleted.
+/// Periodic upkeep until `shutdown`: the pepper rotates on schedule, old
+/// lookup changes and expired validation sessions are deleted.
 pub async fn run_background(state: IdentityState, shutdown: impl std::future::Future<Output = ()>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     tokio::pin!(shutdown);
@@ -85,6 +86,14 @@ pub async fn run_background(state: IdentityState, shutdown: impl std::future::Fu
         if let Err(e) = lookup::rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await
         {
             tracing::warn!(error = %e, "pepper rotation failed; will retry");
+        }
+        // Builds the index at start, and follows a rotation before any
+        // lookup has to wait for it.
+        if let Err(e) = state.index.refresh(&state).await {
+            tracing::warn!(error = %e, "refreshing the lookup index failed; will retry");
+        }
+        if let Err(e) = lookup::prune_changes(&state.db).await {
+            tracing::warn!(error = %e, "pruning the lookup change log failed; will retry");
         }
         let lifetime = state.config.session_lifetime.as_millis_i64();
         if let Err(e) = sessions::purge_expired(&state.db, lifetime).await {
@@ -144,6 +153,7 @@ pub fn build(
         db,
         auth,
         federation,
+        index: lookup::LookupIndex::default(),
         mailer,
         sms,
         config,

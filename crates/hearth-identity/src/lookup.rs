@@ -1,14 +1,22 @@
 //! Hashed association lookup (spec "Association lookup", MSC2134).
 //!
-//! Every association is hashed once per pepper into `identity_lookup_hashes`;
-//! a lookup is then an index probe per address, never a hash per stored
-//! association. The pepper rotates every `pepper_rotation`; rotation
-//! rebuilds the index for the new pepper in one transaction, keyed by the
-//! rotation epoch so instances sharing a database agree on one pepper.
+//! Lookups are answered from an in-memory index: every binding hashed under
+//! the current pepper, so a request costs one map probe per address, never
+//! a hash per stored binding nor a database query per address.
+//!
+//! The pepper lives in the database, one row per rotation epoch, so
+//! instances sharing a database agree on it. Each instance builds its index
+//! from `identity_associations` when it sees a new pepper, and follows
+//! binds and unbinds (its own at once, other instances' within a second)
+//! through `identity_lookup_changes`, a short log written in the same
+//! transaction as each change. `/hash_details` hands out the pepper of the
+//! index this instance has loaded, so a client never gets a pepper its
+//! lookups would be refused for.
 
 use crate::IdentityState;
 use crate::threepid::{EMAIL, MSISDN};
 use axum::extract::State;
+use futures_util::TryStreamExt;
 use hearth_auth::TermsAccepted;
 use hearth_core::config::Duration;
 use hearth_core::storage::{Backend, Database};
@@ -19,36 +27,21 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 const SHA256: &str = "sha256";
 const NONE: &str = "none";
-/// Rows per multi-row INSERT while rebuilding the index, and addresses per
-/// `IN (...)` probe: well under SQLite's bound-parameter limit.
-const BATCH: usize = 500;
-
-/// The spec's sha256 lookup hash: URL-safe unpadded base64 of
-/// SHA-256(`"<address> <medium> <pepper>"`).
-pub(crate) fn lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
-    let digest = Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
-    hearth_core::base64::encode_url_safe(digest)
-}
 
 fn new_pepper() -> String {
     // 32 alphanumerics (MSC2134's pepper grammar) carry over 190 bits.
     hearth_core::random::string(32, hearth_core::random::ALPHANUMERIC)
 }
 
-/// The current pepper.
-pub(crate) async fn current_pepper(db: &Database) -> Result<Option<String>, MatrixError> {
-    let row = sqlx::query("SELECT pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(row.map(|r| r.try_get("pepper")).transpose()?)
-}
-
 /// Rotates the pepper when the current one is from an earlier epoch (or
-/// there is none yet), rebuilding the lookup index. Returns the current
-/// pepper either way. Safe to call from several instances at once.
+/// there is none yet); each instance's index follows on its next refresh.
+/// Returns the current pepper either way. Safe to call from several
+/// instances at once.
 pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<String, MatrixError> {
     let every_ms = every.as_millis_i64().max(60_000);
     // The epoch is the start of the current period in ms, so it still
@@ -60,11 +53,11 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
         Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => db.pool().begin().await?,
     };
-    let current =
+    let latest =
         sqlx::query("SELECT epoch, pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
-    if let Some(row) = &current {
+    if let Some(row) = &latest {
         let current_epoch: i64 = row.try_get("epoch")?;
         if current_epoch >= epoch {
             return Ok(row.try_get("pepper")?);
@@ -83,102 +76,244 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
     if inserted.rows_affected() == 0 {
         // Another instance rotated first; use its pepper.
         tx.rollback().await?;
-        return current_pepper(db)
+        return current(db)
             .await?
             .ok_or_else(|| MatrixError::internal("pepper vanished during rotation"));
     }
-    let associations = sqlx::query("SELECT medium, address, mxid FROM identity_associations")
-        .fetch_all(&mut *tx)
-        .await?;
-    for chunk in associations.chunks(BATCH) {
-        let mut sql = String::from(
-            "INSERT INTO identity_lookup_hashes (pepper, hash, medium, address, mxid) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-        }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            let medium: String = row.try_get("medium")?;
-            let address: String = row.try_get("address")?;
-            let mxid: String = row.try_get("mxid")?;
-            query = query
-                .bind(pepper.clone())
-                .bind(lookup_hash(&address, &medium, &pepper))
-                .bind(medium)
-                .bind(address)
-                .bind(mxid);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    sqlx::query("DELETE FROM identity_lookup_hashes WHERE pepper <> $1")
-        .bind(&pepper)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("DELETE FROM identity_peppers WHERE epoch < $1")
         .bind(epoch)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    tracing::info!(
-        associations = associations.len(),
-        "rotated the lookup pepper"
-    );
+    tracing::info!("rotated the lookup pepper");
     Ok(pepper)
 }
 
-/// Adds one association to the index under the current pepper, inside the
-/// caller's transaction.
-pub(crate) async fn index_association(
+/// Records that the binding of a 3PID changed (`mxid` `None`: removed),
+/// inside the caller's transaction, for every instance's index to follow.
+pub(crate) async fn record_change(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     medium: &str,
     address: &str,
-    mxid: &str,
+    mxid: Option<&str>,
 ) -> Result<(), MatrixError> {
-    let pepper: Option<String> =
-        sqlx::query("SELECT pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get("pepper"))
-            .transpose()?;
-    sqlx::query("DELETE FROM identity_lookup_hashes WHERE medium = $1 AND address = $2")
-        .bind(medium)
-        .bind(address)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(pepper) = pepper {
-        sqlx::query(
-            "INSERT INTO identity_lookup_hashes (pepper, hash, medium, address, mxid) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&pepper)
-        .bind(lookup_hash(address, medium, &pepper))
-        .bind(medium)
-        .bind(address)
-        .bind(mxid)
-        .execute(&mut **tx)
-        .await?;
-    }
+    sqlx::query(
+        "INSERT INTO identity_lookup_changes (medium, address, mxid, ts) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(medium)
+    .bind(address)
+    .bind(mxid)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// The current pepper, made on first use if the background task has not
-/// made one yet.
-async fn pepper(state: &IdentityState) -> Result<String, MatrixError> {
-    match current_pepper(&state.db).await? {
-        Some(p) => Ok(p),
-        None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await,
+/// Changes older than this are pruned; an instance that has not refreshed
+/// for half of it rebuilds its index instead of reading changes.
+const CHANGE_RETENTION_MS: i64 = 3600 * 1000;
+/// How stale an instance may be about other instances' binds.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Changes re-read behind the last one applied: PostgreSQL hands out
+/// sequence numbers before commit, so a lower one can appear late.
+/// Re-applying in order is harmless, since each change states the result.
+const CHANGE_LOOKBACK: i64 = 1000;
+
+type Digest32 = [u8; 32];
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// False until the first build.
+    built: bool,
+    pepper: String,
+    /// The last change applied.
+    seq: i64,
+    refreshed: Option<std::time::Instant>,
+    mxids: HashMap<Digest32, Arc<str>>,
+}
+
+/// This instance's lookup index (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct LookupIndex {
+    snapshot: RwLock<Snapshot>,
+    /// Serialises refreshes; lookups meanwhile use the current snapshot.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+fn digest(address: &str, medium: &str, pepper: &str) -> Digest32 {
+    Sha256::digest(format!("{address} {medium} {pepper}").as_bytes()).into()
+}
+
+impl LookupIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.snapshot.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies this instance's own change at once, after its commit.
+    pub(crate) fn apply(&self, medium: &str, address: &str, mxid: Option<&str>) {
+        let mut snapshot = self.write();
+        let key = digest(address, medium, &snapshot.pepper);
+        match mxid {
+            Some(mxid) => snapshot.mxids.insert(key, Arc::from(mxid)),
+            None => snapshot.mxids.remove(&key),
+        };
+    }
+
+    /// Brings the index up to date: a new pepper in the database means a
+    /// rebuild (checked on every call, so a rotation takes effect at once);
+    /// other instances' changes are read at most once a second. Returns the
+    /// pepper the index is built for.
+    pub(crate) async fn refresh(&self, state: &IdentityState) -> Result<String, MatrixError> {
+        let pepper = match current(&state.db).await? {
+            Some(pepper) => pepper,
+            None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await?,
+        };
+        let fresh = |s: &Snapshot| {
+            s.built
+                && s.pepper == pepper
+                && s.refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+        };
+        if fresh(&self.read()) {
+            return Ok(pepper);
+        }
+        let _guard = self.refreshing.lock().await;
+        let (current, refreshed, seq) = {
+            let s = self.read();
+            if fresh(&s) {
+                return Ok(pepper);
+            }
+            (s.built && s.pepper == pepper, s.refreshed, s.seq)
+        };
+        let stale =
+            refreshed.is_none_or(|t| t.elapsed().as_millis() as i64 > CHANGE_RETENTION_MS / 2);
+        if !current || stale {
+            return self.rebuild(&state.db, pepper).await;
+        }
+        let changes = changes_since(&state.db, seq - CHANGE_LOOKBACK).await?;
+        let mut snapshot = self.write();
+        for change in &changes {
+            let key = digest(&change.address, &change.medium, &snapshot.pepper);
+            match &change.mxid {
+                Some(mxid) => snapshot.mxids.insert(key, Arc::from(mxid.as_str())),
+                None => snapshot.mxids.remove(&key),
+            };
+            snapshot.seq = snapshot.seq.max(change.seq);
+        }
+        snapshot.refreshed = Some(std::time::Instant::now());
+        Ok(pepper)
+    }
+
+    /// Hashes every binding under `pepper`, off the lock, then swaps the new
+    /// index in. Changes made while it reads are applied after.
+    async fn rebuild(&self, db: &Database, pepper: String) -> Result<String, MatrixError> {
+        let started = std::time::Instant::now();
+        let seq = max_seq(db).await?;
+        // Streamed, so only the index itself is held, not every row.
+        let mut rows =
+            sqlx::query("SELECT medium, address, mxid FROM identity_associations").fetch(db.pool());
+        let mut mxids = HashMap::new();
+        while let Some(row) = rows.try_next().await? {
+            let medium: String = row.try_get("medium")?;
+            let address: String = row.try_get("address")?;
+            let mxid: String = row.try_get("mxid")?;
+            mxids.insert(digest(&address, &medium, &pepper), Arc::from(mxid));
+        }
+        drop(rows);
+        for change in changes_since(db, seq - CHANGE_LOOKBACK).await? {
+            let key = digest(&change.address, &change.medium, &pepper);
+            match change.mxid {
+                Some(mxid) => mxids.insert(key, Arc::from(mxid)),
+                None => mxids.remove(&key),
+            };
+        }
+        let seq = max_seq(db).await?.max(seq);
+        let associations = mxids.len();
+        *self.write() = Snapshot {
+            built: true,
+            pepper: pepper.clone(),
+            seq,
+            refreshed: Some(std::time::Instant::now()),
+            mxids,
+        };
+        tracing::info!(
+            associations,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built the lookup index for the current pepper"
+        );
+        Ok(pepper)
+    }
+
+    fn mappings(&self, pepper: &str, hashes: &[String]) -> Option<Map<String, Value>> {
+        let snapshot = self.read();
+        if snapshot.pepper != pepper {
+            return None;
+        }
+        let mut mappings = Map::new();
+        for hash in hashes {
+            let key = hearth_core::base64::decode(&hash.replace('-', "+").replace('_', "/"))
+                .ok()
+                .and_then(|bytes| Digest32::try_from(bytes).ok());
+            if let Some(mxid) = key.and_then(|k| snapshot.mxids.get(&k)) {
+                mappings.insert(hash.clone(), Value::String(mxid.to_string()));
+            }
+        }
+        Some(mappings)
+    }
+}
+
+/// The current pepper: the newest epoch's.
+async fn current(db: &Database) -> Result<Option<String>, MatrixError> {
+    let row = sqlx::query("SELECT pepper FROM identity_peppers ORDER BY epoch DESC LIMIT 1")
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(|r| r.try_get("pepper")).transpose()?)
+}
+
+struct Change {
+    seq: i64,
+    medium: String,
+    address: String,
+    mxid: Option<String>,
+}
+
+async fn changes_since(db: &Database, seq: i64) -> Result<Vec<Change>, MatrixError> {
+    let rows = sqlx::query(
+        "SELECT seq, medium, address, mxid FROM identity_lookup_changes WHERE seq > $1 ORDER BY seq",
+    )
+    .bind(seq)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Change {
+                seq: r.try_get("seq")?,
+                medium: r.try_get("medium")?,
+                address: r.try_get("address")?,
+                mxid: r.try_get("mxid")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(MatrixError::from)
+}
+
+async fn max_seq(db: &Database) -> Result<i64, MatrixError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM identity_lookup_changes")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get("seq")?)
+}
+
+/// Deletes changes every instance has had time to read.
+pub(crate) async fn prune_changes(db: &Database) -> Result<(), MatrixError> {
+    sqlx::query("DELETE FROM identity_lookup_changes WHERE ts < $1")
+        .bind(now_ms() - CHANGE_RETENTION_MS)
+        .execute(db.pool())
+        .await?;
+    Ok(())
 }
 
 fn algorithms(state: &IdentityState) -> Vec<&'static str> {
@@ -194,7 +329,7 @@ pub(crate) async fn hash_details(
     State(state): State<IdentityState>,
     _: TermsAccepted,
 ) -> Result<Json<Value>, MatrixError> {
-    let pepper = pepper(&state).await?;
+    let pepper = state.index.refresh(&state).await?;
     Ok(Json(
         json!({ "lookup_pepper": pepper, "algorithms": algorithms(&state) }),
     ))
@@ -230,47 +365,30 @@ pub(crate) async fn lookup(
             "Unsupported algorithm {algorithm:?}"
         )));
     }
-    let pepper = pepper(&state).await?;
+    let pepper = state.index.refresh(&state).await?;
     if pepper != request.pepper {
-        return Err(MatrixError::new(
-            StatusCode::BAD_REQUEST,
-            ErrCode("M_INVALID_PEPPER"),
-            "Unknown or invalid pepper: fetch /hash_details again",
-        )
-        .with("algorithm", algorithm)
-        .with("lookup_pepper", pepper));
+        return Err(invalid_pepper(algorithm, &pepper));
     }
     let mappings = if algorithm == SHA256 {
-        by_hash(&state.db, &request.pepper, &request.addresses).await?
+        // A rotation between the two reads is one more M_INVALID_PEPPER.
+        state
+            .index
+            .mappings(&pepper, &request.addresses)
+            .ok_or_else(|| invalid_pepper(algorithm, &pepper))?
     } else {
         by_plaintext(&state.db, &request.addresses).await?
     };
     Ok(Json(json!({ "mappings": mappings })))
 }
 
-async fn by_hash(
-    db: &Database,
-    pepper: &str,
-    hashes: &[String],
-) -> Result<Map<String, Value>, MatrixError> {
-    let mut mappings = Map::new();
-    for chunk in hashes.chunks(BATCH) {
-        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!(
-            "SELECT hash, mxid FROM identity_lookup_hashes WHERE pepper = $1 AND hash IN ({})",
-            placeholders.join(",")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(pepper);
-        for hash in chunk {
-            query = query.bind(hash.as_str());
-        }
-        for row in query.fetch_all(db.pool()).await? {
-            let hash: String = row.try_get("hash")?;
-            let mxid: String = row.try_get("mxid")?;
-            mappings.insert(hash, Value::String(mxid));
-        }
-    }
-    Ok(mappings)
+fn invalid_pepper(algorithm: &str, pepper: &str) -> MatrixError {
+    MatrixError::new(
+        StatusCode::BAD_REQUEST,
+        ErrCode("M_INVALID_PEPPER"),
+        "Unknown or invalid pepper: fetch /hash_details again",
+    )
+    .with("algorithm", algorithm)
+    .with("lookup_pepper", pepper)
 }
 
 /// `none`: entries are `"<address> <medium>"`; the address is matched as
@@ -311,6 +429,9 @@ mod tests {
     /// the pepper `matrixrocks`.
     #[test]
     fn spec_hash_examples() {
+        let lookup_hash = |address: &str, medium: &str, pepper: &str| {
+            hearth_core::base64::encode_url_safe(digest(address, medium, pepper))
+        };
         assert_eq!(
             lookup_hash("alice@example.com", "email", "matrixrocks"),
             "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc"

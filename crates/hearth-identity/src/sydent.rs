@@ -83,7 +83,7 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         if written.rows_affected() == 0 {
             continue;
         }
-        lookup::index_association(&mut tx, &medium, &address, &mxid)
+        lookup::record_change(&mut tx, &medium, &address, Some(&mxid))
             .await
             .map_err(|e| e.error)?;
         report.associations += 1;

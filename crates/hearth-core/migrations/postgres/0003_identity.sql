@@ -18,16 +18,17 @@ CREATE TABLE identity_associations (
 );
 CREATE INDEX identity_associations_mxid ON identity_associations (mxid);
 
--- The lookup index: each association hashed under the current pepper.
-CREATE TABLE identity_lookup_hashes (
-    pepper TEXT NOT NULL,
-    hash TEXT NOT NULL,
+-- Binding changes in order (mxid NULL: removed), so that every instance's
+-- in-memory lookup index follows the binds made through the others.
+-- Pruned after an hour.
+CREATE TABLE identity_lookup_changes (
+    seq BIGSERIAL PRIMARY KEY,
     medium TEXT NOT NULL,
     address TEXT NOT NULL,
-    mxid TEXT NOT NULL,
-    PRIMARY KEY (pepper, hash)
+    mxid TEXT,
+    ts BIGINT NOT NULL
 );
-CREATE INDEX identity_lookup_hashes_threepid ON identity_lookup_hashes (medium, address);
+CREATE INDEX identity_lookup_changes_ts ON identity_lookup_changes (ts);
 
 -- 3PID validation sessions. Tokens are not stored: they are derived from
 -- the sid with a server secret, so a resent mail carries the same token.
