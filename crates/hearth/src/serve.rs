@@ -301,6 +301,18 @@ fn summary(
     {
         todo.push("listen on a public address (http.bind)");
     }
+    if config.identity.enabled {
+        let identity = &config.identity;
+        if identity.auth.terms.policies.is_empty() {
+            todo.push("publish terms of service for the identity server (identity.auth.terms)");
+        }
+        if identity.email.from == hearth_identity::EmailConfig::default().from {
+            todo.push("set identity.email (SMTP server and From address) for validation mails");
+        }
+        if identity.sms.sender == hearth_identity::SmsSender::Log {
+            todo.push("choose an SMS sender (identity.sms.sender) to validate phone numbers");
+        }
+    }
     todo.push("back up the signing key file");
     write!(s, "\n  for production: {}", todo.join("; "))?;
     Ok(s)
