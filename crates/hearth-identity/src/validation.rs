@@ -54,34 +54,75 @@ pub(crate) async fn email_request_token(
     let email = threepid::canonical_email(&request.email)?;
     crate::email::parse_address(&email)?;
     let next_link = check_next_link(request.next_link.as_deref())?;
-    let limiter = state.mailer.per_address();
-    ready(limiter, &email)?;
+    let started = Start {
+        medium: EMAIL,
+        address: &email,
+        client_secret: &request.client_secret,
+        send_attempt: request.send_attempt,
+        next_link,
+    };
+    let (state, email) = (&state, &email);
+    let session = start(
+        state,
+        started,
+        state.mailer.per_address(),
+        |session, token| {
+            let link = submit_link(state, EMAIL, session, &token);
+            let context = json!({ "token": token, "link": link });
+            async move {
+                state
+                    .mailer
+                    .send(Template::Validation, email, context)
+                    .await?;
+                tracing::info!("validation mail sent");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "sid": session.sid })))
+}
+
+/// What a `requestToken` asks for, once checked.
+struct Start<'a> {
+    medium: &'static str,
+    address: &'a str,
+    client_secret: &'a str,
+    send_attempt: i64,
+    next_link: Option<&'a str>,
+}
+
+/// What both media share: the address's limit, the session, and sending
+/// (through `send`, given the session and its token) only when
+/// `send_attempt` is new.
+async fn start<'a, F, Fut>(
+    state: &IdentityState,
+    request: Start<'a>,
+    limiter: &RateLimiter<String>,
+    send: F,
+) -> Result<sessions::Session, MatrixError>
+where
+    F: FnOnce(&sessions::Session, String) -> Fut,
+    Fut: Future<Output = Result<(), MatrixError>>,
+{
+    ready(limiter, request.address)?;
     let requested = sessions::request(
         &state.db,
-        EMAIL,
-        &email,
-        &request.client_secret,
+        request.medium,
+        request.address,
+        request.client_secret,
         request.send_attempt,
-        next_link,
+        request.next_link,
         state.config.session_lifetime.as_millis_i64(),
     )
     .await?;
     let session = requested.session;
     if requested.send {
-        take(limiter, &email)?;
+        take(limiter, request.address)?;
         let token = sessions::token(&state.signing_key, &session);
-        let link = submit_link(&state, EMAIL, &session, &token);
-        state
-            .mailer
-            .send(
-                Template::Validation,
-                &email,
-                json!({ "token": token, "link": link }),
-            )
-            .await?;
-        tracing::info!(sid = %session.sid, "validation mail sent");
+        send(&session, token).await?;
     }
-    Ok(Json(json!({ "sid": session.sid })))
+    Ok(session)
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,29 +146,25 @@ pub(crate) async fn msisdn_request_token(
     sessions::check_opaque_id("client_secret", &request.client_secret)?;
     let number = threepid::canonical_msisdn(&request.country, &request.phone_number)?;
     let next_link = check_next_link(request.next_link.as_deref())?;
-    let limiter = state.sms.per_number();
-    ready(limiter, &number.msisdn)?;
-    let requested = sessions::request(
-        &state.db,
-        MSISDN,
-        &number.msisdn,
-        &request.client_secret,
-        request.send_attempt,
+    let started = Start {
+        medium: MSISDN,
+        address: &number.msisdn,
+        client_secret: &request.client_secret,
+        send_attempt: request.send_attempt,
         next_link,
-        state.config.session_lifetime.as_millis_i64(),
-    )
-    .await?;
-    let session = requested.session;
-    if requested.send {
-        take(limiter, &number.msisdn)?;
-        let token = sessions::token(&state.signing_key, &session);
+    };
+    let session = start(&state, started, state.sms.per_number(), |_, token| {
         let text = state
             .mailer
             .templates()
-            .render("validation_sms.txt", &json!({ "token": token }))?;
-        state.sms.send(&number.msisdn, text.trim()).await?;
-        tracing::info!(sid = %session.sid, "validation SMS sent");
-    }
+            .render("validation_sms.txt", &json!({ "token": token }));
+        async {
+            state.sms.send(&number.msisdn, text?.trim()).await?;
+            tracing::info!("validation SMS sent");
+            Ok(())
+        }
+    })
+    .await?;
     Ok(Json(json!({
         "sid": session.sid,
         "msisdn": number.msisdn,
