@@ -20,6 +20,13 @@
 //!   each mail into a Maildir, read back as [`Mail`].
 //! - [`Synapse`] is a real homeserver from PyPI's `matrix-synapse`
 //!   (`HEARTH_TEST_SYNAPSE_PYTHON`, else `target/peers/synapse`).
+//! - [`Sydent`] is a real identity server from PyPI's `matrix-sydent`
+//!   (`HEARTH_TEST_SYDENT_PYTHON`, else `target/peers/sydent`), the source
+//!   of databases for `hearth identity import-sydent`.
+//! - [`FakeHomeserver`] is the least of a homeserver the identity service
+//!   needs, without a Synapse: it vouches for OpenID tokens and records
+//!   what Hearth sends it (`onbind` callbacks).
+//!   [`sha256_lookup_hash`] hashes a 3PID for `/lookup`.
 //!
 //! Inherited `HEARTH_*` variables are removed from every command's
 //! environment, so a developer's shell (or the harness's own `HEARTH_BIN`)
@@ -614,22 +621,23 @@ pub fn with_database(url: &str, database: &str) -> String {
     out
 }
 
-/// A database of the suite's own on the server at `url`, created through
-/// `psql` unless it exists; its URL. Other tests drop tables in the shared
-/// test database, so the suite keeps out of it.
+/// A fresh database of the suite's own on the server at `url`, made anew
+/// through `psql` (so a schema left by an older build cannot interfere);
+/// its URL. The suite keeps out of the shared test database, whose schemas
+/// belong to the service tests.
 ///
 /// # Panics
 /// When there is no `psql` or it cannot create the database.
 pub fn own_database(url: &str, database: &str) -> String {
     let psql = find_psql().expect("psql is needed to create the end-to-end test database");
     let mut cmd = Command::new(psql);
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c"])
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .arg("-c")
+        .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .arg("-c")
         .arg(format!("CREATE DATABASE {database}"));
     let out = run(cmd, None);
-    assert!(
-        out.status.success() || out.stderr.contains("already exists"),
-        "creating database {database}: {out}"
-    );
+    assert!(out.status.success(), "creating database {database}: {out}");
     with_database(url, database)
 }
 
@@ -1369,4 +1377,458 @@ impl Drop for Synapse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Sydent.
+
+/// The variable naming the Python that runs Sydent.
+pub const SYDENT_PYTHON_VAR: &str = "HEARTH_TEST_SYDENT_PYTHON";
+/// How long Sydent may take to start answering, or to exit after SIGTERM.
+pub const SYDENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Python with PyPI's `matrix-sydent`: `HEARTH_TEST_SYDENT_PYTHON`, else
+/// the virtualenv `cargo xtask test` (and `cargo xtask bench`) keeps in
+/// `target/peers/sydent`.
+///
+/// # Panics
+/// When neither exists, saying how to get one.
+pub fn sydent_python() -> PathBuf {
+    if let Some(python) = env::var_os(SYDENT_PYTHON_VAR).filter(|p| !p.is_empty()) {
+        return python.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lies in the workspace root")
+        .join("target/peers/sydent/bin/python");
+    assert!(
+        venv.is_file(),
+        "{SYDENT_PYTHON_VAR} is not set and there is no virtualenv at {}: run the suite with \
+         `cargo xtask test`, which makes one with matrix-sydent, or point \
+         {SYDENT_PYTHON_VAR} at a Python that can `import sydent.sydent`",
+        venv.display()
+    );
+    venv
+}
+
+/// The invite mail Sydent sends, as a template of its own kind (Python
+/// `%` substitution; the PyPI package ships no templates).
+const SYDENT_INVITE_TEMPLATE: &str = "\
+Date: %(date)s
+From: %(from)s
+To: %(to)s
+Message-ID: %(messageid)s
+Subject: %(subject_header_value)s
+MIME-Version: 1.0
+Content-Type: text/plain; charset=UTF-8
+
+You are invited to %(room_id)s by %(sender)s.
+Invite token: %(token)s
+";
+
+/// A real Sydent from PyPI (`python -m sydent.sydent`) in a directory of
+/// its own: a config written here (its `server.name`, SQLite `sydent.db`,
+/// the client API and the internal API on free loopback ports, invite mails
+/// to an SMTP server when given one) to which Sydent adds the signing key it
+/// generates at first start. Killed on drop, which prints its log when the
+/// test is failing.
+#[derive(Debug)]
+pub struct Sydent {
+    dir: TempDir,
+    client: SocketAddr,
+    internal: SocketAddr,
+    child: Child,
+}
+
+impl Sydent {
+    /// Writes the config, starts Sydent and waits until both APIs answer.
+    pub fn start(server_name: &str, smtp_port: Option<u16>) -> Self {
+        let python = sydent_python();
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-sydent-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let client = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let internal = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let templates = dir.path().join("templates");
+        fs::create_dir_all(templates.join("matrix-org")).expect("creating the templates");
+        fs::write(
+            templates.join("matrix-org/invite_template.eml"),
+            SYDENT_INVITE_TEMPLATE,
+        )
+        .expect("writing the invite template");
+        let smtp = smtp_port.map_or_else(String::new, |port| {
+            format!(
+                "email.smtphost = 127.0.0.1\n\
+                 email.smtpport = {port}\n\
+                 email.tlsmode = 0\n"
+            )
+        });
+        let config = format!(
+            "[general]\n\
+             server.name = {server_name}\n\
+             pidfile.path = {pidfile}\n\
+             templates.path = {templates}\n\
+             brand.default = matrix-org\n\
+             \n\
+             [db]\n\
+             db.file = {database}\n\
+             \n\
+             [http]\n\
+             clientapi.http.bind_address = {client_ip}\n\
+             clientapi.http.port = {client_port}\n\
+             internalapi.http.bind_address = {internal_ip}\n\
+             internalapi.http.port = {internal_port}\n\
+             \n\
+             [email]\n\
+             email.from = Sydent <noreply@{server_name}>\n\
+             email.hostname = {server_name}\n\
+             {smtp}\
+             \n\
+             [sms]\n\
+             \n\
+             [crypto]\n",
+            pidfile = dir.path().join("sydent.pid").display(),
+            templates = templates.display(),
+            database = dir.path().join("sydent.db").display(),
+            client_ip = client.ip(),
+            client_port = client.port(),
+            internal_ip = internal.ip(),
+            internal_port = internal.port(),
+        );
+        fs::write(dir.path().join("sydent.conf"), config).expect("writing sydent.conf");
+
+        let log = File::create(dir.path().join("sydent.log")).expect("creating the log");
+        let child = Command::new(&python)
+            .args(["-m", "sydent.sydent"])
+            .env("SYDENT_CONF", dir.path().join("sydent.conf"))
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting Sydent with {}: {e}", python.display()));
+        let mut sydent = Self {
+            dir,
+            client,
+            internal,
+            child,
+        };
+        sydent.wait_ready();
+        sydent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + SYDENT_TIMEOUT;
+        let client = self.client();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling Sydent") {
+                panic!(
+                    "Sydent exited ({status}) before it answered; log:\n{}",
+                    self.log()
+                );
+            }
+            if client
+                .try_request("GET", "/_matrix/identity/versions", None, None)
+                .is_ok_and(|r| r.status == 200)
+                && TcpStream::connect_timeout(&self.internal, HTTP_TIMEOUT).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Sydent did not answer /_matrix/identity/versions within {SYDENT_TIMEOUT:?}; \
+                 log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The client API (`/_matrix/identity/...`), plain HTTP.
+    pub fn client(&self) -> HttpClient {
+        HttpClient::plain(self.client)
+    }
+
+    /// The internal API (`/_matrix/identity/internal/bind|unbind`), which
+    /// trusts its caller: no validation session, no token.
+    pub fn internal(&self) -> HttpClient {
+        HttpClient::plain(self.internal)
+    }
+
+    /// Its working directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("sydent.conf")
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.path().join("sydent.db")
+    }
+
+    /// Its stdout and stderr, where it logs.
+    pub fn log(&self) -> String {
+        tail(
+            &fs::read_to_string(self.path().join("sydent.log")).unwrap_or_default(),
+            300,
+        )
+    }
+
+    /// SIGTERM, as an operator stops it before moving, then waits (at most
+    /// [`SYDENT_TIMEOUT`]) for it to exit; its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM Sydent failed: {status}");
+        let mut exited = None;
+        wait_until(SYDENT_TIMEOUT, || {
+            exited = self.child.try_wait().expect("polling Sydent");
+            exited.is_some()
+        });
+        exited.unwrap_or_else(|| {
+            panic!(
+                "Sydent still runs {SYDENT_TIMEOUT:?} after SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Sydent {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- Sydent log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The spec's sha256 lookup hash (Identity Service API "Hashing"):
+/// `"<address> <medium> <pepper>"`, SHA-256, URL-safe unpadded base64.
+pub fn sha256_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
+    hearth_core::base64::encode_url_safe(digest)
+}
+
+// ---------------------------------------------------------------------------
+// A homeserver that vouches for OpenID tokens.
+
+/// A request [`FakeHomeserver`] received (other than `userinfo`).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// The request target, query string included.
+    pub path: String,
+    /// The body as JSON (`Null` when empty or not JSON).
+    pub body: Value,
+}
+
+/// The least of a homeserver Hearth's identity service needs, on a free
+/// loopback port over plain HTTP (reach it through a
+/// `[federation.overrides."<server name>"]` entry): `GET
+/// /_matrix/federation/v1/openid/userinfo?access_token=<localpart>` answers
+/// `{"sub": "@<localpart>:<server name>"}`, so anyone can register as any
+/// local user; every other request (an `onbind` callback, say) is recorded
+/// and answered 200 `{}`. One thread answers one connection at a time; it
+/// stops when dropped.
+#[derive(Debug)]
+pub struct FakeHomeserver {
+    addr: SocketAddr,
+    server_name: String,
+    requests: Arc<std::sync::Mutex<Vec<Recorded>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeHomeserver {
+    pub fn start(server_name: &str) -> Self {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("binding a loopback port");
+        let addr = listener.local_addr().expect("the listener's address");
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (name, requests, stop) = (server_name.to_owned(), requests.clone(), stop.clone());
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(stream) = stream {
+                        // A client that misbehaves only fails its own request.
+                        let _ = answer_as_homeserver(stream, &name, &requests);
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            server_name: server_name.to_owned(),
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// Its plain-HTTP URL, for a federation override.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `@<localpart>:<server name>`.
+    pub fn user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.server_name)
+    }
+
+    /// What a client's `/openid/request_token` would have returned for
+    /// `localpart` (letters and digits): the body of `POST
+    /// /account/register`.
+    pub fn openid_credentials(&self, localpart: &str) -> Value {
+        serde_json::json!({
+            "access_token": localpart,
+            "token_type": "Bearer",
+            "matrix_server_name": self.server_name,
+            "expires_in": 3600,
+        })
+    }
+
+    /// The requests received so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .expect("the request log is not poisoned")
+            .clone()
+    }
+
+    /// Waits (at most `timeout`) for a request whose path starts with
+    /// `path`; the first one.
+    pub fn wait_for_request(&self, path: &str, timeout: Duration) -> Recorded {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self
+                .requests()
+                .into_iter()
+                .find(|r| r.path.starts_with(path));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no request to {path} within {timeout:?}; received: {:?}",
+                self.requests()
+            )
+        })
+    }
+}
+
+impl Drop for FakeHomeserver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, HTTP_TIMEOUT);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request from `stream` and answers it (see [`FakeHomeserver`]).
+fn answer_as_homeserver(
+    mut stream: TcpStream,
+    server_name: &str,
+    requests: &std::sync::Mutex<Vec<Recorded>>,
+) -> io::Result<()> {
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut request_line = head.lines().next().unwrap_or_default().split(' ');
+    let method = request_line.next().unwrap_or_default().to_owned();
+    let target = request_line.next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    };
+    let mut body = raw[head_end + 4..].to_vec();
+    if header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        while !body.ends_with(b"0\r\n\r\n") {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body = dechunk(&body).unwrap_or_default();
+    } else {
+        let length: usize = header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        while body.len() < length {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let localpart = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let (status, answer) = match (method.as_str(), path, localpart) {
+        ("GET", "/_matrix/federation/v1/openid/userinfo", Some(localpart)) => (
+            "200 OK",
+            serde_json::json!({ "sub": format!("@{localpart}:{server_name}") }),
+        ),
+        ("GET", "/_matrix/federation/v1/openid/userinfo", None) => (
+            "401 Unauthorized",
+            serde_json::json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Unknown token"}),
+        ),
+        _ => {
+            requests
+                .lock()
+                .expect("the request log is not poisoned")
+                .push(Recorded {
+                    method: method.clone(),
+                    path: target.clone(),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                });
+            ("200 OK", serde_json::json!({}))
+        }
+    };
+    let answer = answer.to_string();
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{answer}",
+        answer.len()
+    )?;
+    stream.flush()
 }

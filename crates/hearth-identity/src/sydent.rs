@@ -89,9 +89,19 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         report.associations += 1;
     }
 
-    let invites = sqlx::query(
-        "SELECT medium, address, room_id, sender, token, received_ts, valid_until_ts FROM invite_tokens",
+    // `valid_until_ts` exists only in some Sydent forks (schema v8 of the
+    // `dinsic` branch); PyPI's Sydent (schema v5) has no invite deadline.
+    let has_deadline = sqlx::query(
+        "SELECT 1 AS found FROM pragma_table_info('invite_tokens') WHERE name = 'valid_until_ts'",
     )
+    .fetch_optional(&sydent)
+    .await
+    .map_err(read)?
+    .is_some();
+    let invites = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT medium, address, room_id, sender, token, received_ts, {} AS valid_until_ts FROM invite_tokens",
+        if has_deadline { "valid_until_ts" } else { "NULL" }
+    )))
     .fetch_all(&sydent)
     .await
     .map_err(read)?;
@@ -121,6 +131,7 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
             continue;
         }
         let received: Option<i64> = row.try_get("received_ts").map_err(read)?;
+        let received = received.map(sydent_ms);
         let done = sqlx::query(
             "INSERT INTO identity_invites (token, medium, address, room_id, sender, created_ts)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (token) DO NOTHING",
@@ -149,7 +160,7 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
              ON CONFLICT (public_key) DO NOTHING",
         )
         .bind(crate::pubkey::normalise_key(&key))
-        .bind(ts.unwrap_or(now))
+        .bind(ts.map_or(now, sydent_ms))
         .execute(&mut *tx)
         .await
         .map_err(write)?;
@@ -158,4 +169,16 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
     tx.commit().await.map_err(write)?;
     sydent.close().await;
     Ok(report)
+}
+
+/// Sydent writes `invite_tokens.received_ts` and
+/// `ephemeral_public_keys.persistence_ts` with `int(time.time())`: seconds,
+/// where Hearth keeps milliseconds. Values too small to be milliseconds
+/// since 1973 are taken as seconds.
+fn sydent_ms(ts: i64) -> i64 {
+    if ts < 100_000_000_000 {
+        ts.saturating_mul(1000)
+    } else {
+        ts
+    }
 }

@@ -185,12 +185,15 @@ async fn identity_command(
             sydent_config,
         } => {
             let conf = sydent_config.unwrap_or_else(|| database.with_file_name("sydent.conf"));
-            keys::import_keys(config, sydent_signing_key(&conf)?, out).await?;
+            let key = sydent_signing_key(&conf)?;
+            // The data first: it can be imported again, so a failure here
+            // leaves Hearth signing with its own key, as before.
             let db = serve::open_database(config).await?;
             let report = hearth_identity::import_sydent(&db, &database)
                 .await
                 .map_err(anyhow::Error::msg)?;
             db.close().await;
+            keys::import_keys(config, key, out).await?;
             writeln!(
                 out,
                 "imported {} bindings, {} pending invites, {} ephemeral keys ({} rows skipped)",
@@ -202,19 +205,27 @@ async fn identity_command(
 }
 
 /// Sydent keeps its key in `[crypto] ed25519.signingkey`, in the same
-/// `ed25519 <version> <seed>` form as Synapse's key file.
+/// `ed25519 <version> <seed>` form as Synapse's key file. Its config is
+/// Python's INI dialect: `=` or `:` between key and value, keys in any case.
 fn sydent_signing_key(
     conf: &std::path::Path,
 ) -> anyhow::Result<Vec<hearth_core::keys::SigningKey>> {
     let text = std::fs::read_to_string(conf)
         .with_context(|| format!("reading Sydent's config {}", conf.display()))?;
-    let value = text
-        .lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once('=')?;
-            (key.trim() == "ed25519.signingkey").then(|| value.trim().to_owned())
-        })
-        .with_context(|| format!("{}: no ed25519.signingkey", conf.display()))?;
+    let mut section = "";
+    let mut value = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim();
+        } else if section.eq_ignore_ascii_case("crypto")
+            && let Some((key, v)) = line.split_once(['=', ':'])
+            && key.trim().eq_ignore_ascii_case("ed25519.signingkey")
+        {
+            value = Some(v.trim().to_owned());
+        }
+    }
+    let value =
+        value.with_context(|| format!("{}: no [crypto] ed25519.signingkey", conf.display()))?;
     Ok(hearth_core::keys::SigningKey::parse_synapse(
         &value,
         &conf.display().to_string(),

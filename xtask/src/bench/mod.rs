@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: Hearth's hashed lookups against Sydent's, on this
 //! machine, in one run.
 //!
-//! 1. Build the release `hearth`; set up Sydent from PyPI (`sydent`).
+//! 1. Build the release `hearth`; set up Sydent from PyPI (`crate::sydent`).
 //! 2. For each server in turn: a fresh data directory seeded with the same
 //!    associations while the server is stopped, then start it, wait until
 //!    it answers a lookup correctly, put it under load (`load`), read its
@@ -44,7 +44,8 @@ use self::load::{LOOKUP, Plan, Target};
 use self::options::Options;
 use self::report::{Machine, Report, Run, Versions};
 use self::server::Server;
-use self::sydent::{Sydent, SydentSite};
+use self::sydent::SydentSite;
+use crate::sydent::Sydent;
 use crate::{
     HEARTH_BIN_VAR, cargo_command, describe, exit_code, output, run_visible, target_dir,
     workspace_root,
@@ -90,7 +91,7 @@ pub(crate) fn bench(args: &[String]) -> Result<ExitCode> {
 fn run(root: &Path, out: &Path, options: &Options) -> Result<String> {
     let machine = Machine::probe();
     let bin = build_hearth(root)?;
-    let sydent = Sydent::setup(root)?;
+    let sydent = Sydent::install(root)?;
     let bench = Bench::new(&machine, options)?;
     let python = sydent.python();
     let hearth = bench.hearth(&bin, python, &out.join("hearth"), options.associations)?;

@@ -1,133 +1,22 @@
-//! Sydent, the reference identity server, from PyPI: the peer Hearth's
-//! lookups are measured against.
-//!
-//! The virtualenv lives in `target/peers/sydent` and survives between runs,
-//! like the test peers'; each bench run gets a fresh data directory.
+//! A Sydent installation to measure Hearth's lookups against: a fresh data
+//! directory per bench run, seeded while Sydent is stopped. Sydent itself
+//! (the pinned virtualenv in `target/peers/sydent`) comes from
+//! `crate::sydent`, shared with the end-to-end suite.
 
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use super::data::{BOUND_PREFIX, DOMAIN, MEDIUM};
 use super::server::Server;
 use super::{BENCH_USER, READY_TIMEOUT, fresh_dir, loopback, seed};
-use crate::python::ensure_venv_module;
-use crate::{output, run_visible};
+use crate::sydent::Sydent;
 
-/// Pinned, so a new release cannot change what Hearth is compared with.
-const REQUIREMENTS: &[(&str, &str)] = &[
-    // The last Apache-2.0 release.
-    ("matrix-sydent", "2.6.1"),
-    // Only an optional extra upstream ("prometheus"), yet `sydent.sydent`
-    // imports it unconditionally: without it Sydent does not start.
-    ("prometheus-client", "0.26.0"),
-    // Sydent asks only for twisted>=18.4.0; this one starts it on Python
-    // 3.11, and a future one might not.
-    ("Twisted", "26.10.0"),
-];
-const BASE_PYTHON: &str = "python3";
 /// Sydent's own name, also the domain of the bench user's ID.
 const SERVER_NAME: &str = "localhost";
-
-/// An installed Sydent.
-#[derive(Debug)]
-pub(crate) struct Sydent {
-    python: PathBuf,
-}
-
-impl Sydent {
-    /// Makes sure the virtualenv holds exactly the pinned versions.
-    pub(crate) fn setup(root: &Path) -> Result<Self> {
-        let dir = root.join("target/peers/sydent");
-        let sydent = Self {
-            python: dir.join("bin/python"),
-        };
-        if sydent.is_current() {
-            eprintln!("xtask: reusing the Sydent virtualenv in {}", dir.display());
-        } else {
-            sydent.create(&dir)?;
-        }
-        Ok(sydent)
-    }
-
-    /// The virtualenv's interpreter, which also seeds the databases: it has
-    /// Sydent's own hash function at hand.
-    pub(crate) fn python(&self) -> &Path {
-        &self.python
-    }
-
-    pub(crate) fn version(&self) -> &'static str {
-        REQUIREMENTS[0].1
-    }
-
-    /// What was measured: the pinned distributions and the interpreter.
-    pub(crate) fn description(&self) -> Result<String> {
-        let python = output(Command::new(&self.python).arg("--version"))?;
-        let pins: Vec<String> = REQUIREMENTS
-            .iter()
-            .map(|(name, version)| format!("{name} {version}"))
-            .collect();
-        Ok(format!(
-            "Sydent {} ({}) on {}",
-            self.version(),
-            pins.join(", "),
-            python.trim()
-        ))
-    }
-
-    fn is_current(&self) -> bool {
-        if !self.python.is_file() {
-            return false;
-        }
-        let installed = output(
-            Command::new(&self.python)
-                .arg("-c")
-                .arg(VERSIONS_SCRIPT)
-                .args(REQUIREMENTS.iter().map(|(name, _)| *name)),
-        );
-        installed.is_ok_and(|text| text.lines().eq(REQUIREMENTS.iter().map(|(_, v)| *v)))
-    }
-
-    fn create(&self, dir: &Path) -> Result<()> {
-        ensure_venv_module()?;
-        eprintln!("xtask: creating the Sydent virtualenv in {}", dir.display());
-        if dir.exists() {
-            fs::remove_dir_all(dir)
-                .with_context(|| format!("could not remove {}", dir.display()))?;
-        }
-        output(Command::new(BASE_PYTHON).args(["-m", "venv"]).arg(dir))?;
-        let pins: Vec<String> = REQUIREMENTS
-            .iter()
-            .map(|(name, version)| format!("{name}=={version}"))
-            .collect();
-        eprintln!("xtask: installing {} from PyPI", pins.join(" "));
-        run_visible(
-            Command::new(&self.python)
-                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
-                .args(&pins),
-        )?;
-        if !self.is_current() {
-            bail!(
-                "the virtualenv in {} still lacks {}",
-                dir.display(),
-                pins.join(" ")
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Prints the installed version of each distribution named in argv, one per
-/// line, after checking that Sydent imports.
-const VERSIONS_SCRIPT: &str = "\
-import importlib.metadata, sys
-import sydent.sydent
-for name in sys.argv[1:]:
-    print(importlib.metadata.version(name))
-";
 
 /// One Sydent installation: its directory, config, database and port.
 #[derive(Debug)]
@@ -149,7 +38,7 @@ impl SydentSite {
     ) -> Result<Self> {
         fresh_dir(dir)?;
         let site = Self {
-            python: sydent.python.clone(),
+            python: sydent.python().to_path_buf(),
             dir: dir.to_path_buf(),
             addr: loopback()?,
         };
