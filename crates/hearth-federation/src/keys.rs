@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn accepts_self_signed_keys_and_caps_validity_at_seven_days() {
-        let key = SigningKey::generate().unwrap();
+        let key = SigningKey::generate();
         let name = ServerName::parse("hs.example").unwrap();
         let keys = verify_server_keys(
             keys_object(&key, "hs.example", canonical_json::MAX_SAFE_INTEGER),
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn rejects_keys_for_another_server_unsigned_or_tampered() {
-        let key = SigningKey::generate().unwrap();
+        let key = SigningKey::generate();
         let name = ServerName::parse("hs.example").unwrap();
         let other = keys_object(&key, "evil.example", 10);
         assert!(verify_server_keys(other, &name, 0).is_err());
@@ -314,7 +314,7 @@ mod tests {
         assert!(verify_server_keys(tampered, &name, 0).is_err());
 
         // Signed by a key that is not among its own verify_keys.
-        let stranger = SigningKey::generate().unwrap();
+        let stranger = SigningKey::generate();
         let mut foreign = keys_object(&key, "hs.example", 10);
         foreign.as_object_mut().unwrap().remove("signatures");
         signed_json::sign_json(&mut foreign, "hs.example", &stranger).unwrap();

@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_per_session_and_shaped_per_medium() {
-        let key = SigningKey::generate().unwrap();
+        let key = SigningKey::generate();
         let mut session = Session {
             sid: "abc".into(),
             client_secret: "s".into(),

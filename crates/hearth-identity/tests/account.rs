@@ -143,7 +143,7 @@ async fn register_refuses_a_user_of_another_server() {
             db,
             dir,
             test_config(),
-            SigningKey::generate().unwrap(),
+            SigningKey::generate(),
             &[("liar.test", &url)],
         )
         .await;
@@ -559,10 +559,7 @@ async fn pubkey_isvalid_accepts_both_alphabets() {
             (standard.as_str(), true),
             (url_safe.as_str(), true),
             (padded.as_str(), true),
-            (
-                &SigningKey::generate().unwrap().public_key_base64()[..],
-                false,
-            ),
+            (&SigningKey::generate().public_key_base64()[..], false),
             ("not-a-key", false),
         ] {
             let response = h

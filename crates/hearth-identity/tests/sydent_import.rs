@@ -423,7 +423,7 @@ async fn imported_bindings_and_keys_are_served() {
                 assert_eq!(response.json(), json!({"valid": true}), "{form}");
             }
         }
-        let other = SigningKey::generate().unwrap().public_key_base64();
+        let other = SigningKey::generate().public_key_base64();
         let response = h
             .get(
                 &format!(

@@ -60,7 +60,7 @@ async fn env(db: Database, dir: Option<tempfile::TempDir>) -> Env {
         db,
         dir,
         config,
-        SigningKey::generate().unwrap(),
+        SigningKey::generate(),
         &[(HOMESERVER, &hs.url), ("other.test", &other.url)],
     )
     .await;
@@ -434,7 +434,7 @@ async fn xmatrix_for_the_public_base_url_host_unbinds() {
             db.clone(),
             dir,
             config,
-            SigningKey::generate().unwrap(),
+            SigningKey::generate(),
             &[(HOMESERVER, &hs.url)],
         )
         .await;

@@ -32,13 +32,10 @@ async fn get_keys(notary: Notary) -> serde_json::Value {
 #[tokio::test]
 async fn publishes_current_and_old_keys_self_signed() {
     let name = ServerName::parse("hearth.example").unwrap();
-    let keys = vec![
-        SigningKey::generate().unwrap(),
-        SigningKey::generate().unwrap(),
-    ];
+    let keys = vec![SigningKey::generate(), SigningKey::generate()];
     let old = OldVerifyKey {
         key_id: "ed25519:a_old".to_owned(),
-        key: SigningKey::generate().unwrap().public_key_base64(),
+        key: SigningKey::generate().public_key_base64(),
         expired_ts: 1_600_000_000_000,
     };
     let before = now_ms();

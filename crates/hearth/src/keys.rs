@@ -17,7 +17,7 @@ pub(crate) fn load_or_create(config: &Config) -> anyhow::Result<(Vec<SigningKey>
     if path.exists() {
         return Ok((SigningKey::read_synapse_file(&path)?, false));
     }
-    let key = SigningKey::generate()?;
+    let key = SigningKey::generate();
     SigningKey::write_synapse_file(&path, std::slice::from_ref(&key))
         .with_context(|| format!("writing a new signing key to {}", path.display()))?;
     Ok((vec![key], true))
@@ -34,11 +34,11 @@ fn current(config: &Config) -> anyhow::Result<Vec<SigningKey>> {
 pub(crate) async fn generate(config: &Config, out: &mut impl Write) -> anyhow::Result<()> {
     let db = open_database(config).await?;
     let old = current(config)?;
-    let mut key = SigningKey::generate()?;
+    let mut key = SigningKey::generate();
     // A fresh version must not reuse an id that ever named another key.
     let taken = taken_ids(&db, &old).await?;
     while taken.contains(&key.key_id()) {
-        key = SigningKey::generate()?;
+        key = SigningKey::generate();
     }
     replace(config, &db, &old, vec![key.clone()]).await?;
     writeln!(

@@ -244,33 +244,7 @@ impl Harness {
         db_dir: Option<tempfile::TempDir>,
         config: Config,
     ) -> Self {
-        let homeserver = FakeHomeserver::start().await;
-        let server_name = ServerName::parse(SERVER_NAME).unwrap();
-        let signing_key = SigningKey::generate().unwrap();
-        let mut federation = FederationConfig::default();
-        federation.overrides.insert(
-            HOMESERVER.to_owned(),
-            ServerOverride {
-                url: homeserver.url.clone(),
-            },
-        );
-        let federation = FederationClient::new(
-            &federation,
-            Arc::new(NoDns),
-            Some(Origin {
-                server_name: server_name.clone(),
-                key: signing_key.clone(),
-            }),
-        )
-        .unwrap();
-        let state = hearth_identity::build(server_name, signing_key, db, federation, config)
-            .unwrap_or_else(|e| panic!("the identity service builds: {e}"));
-        Self {
-            router: hearth_identity::router(state.clone()),
-            state,
-            homeserver,
-            _db_dir: db_dir,
-        }
+        Self::start_with(db, db_dir, config, SigningKey::generate(), &[]).await
     }
 
     /// One request through the router. `token` goes in `Authorization:
