@@ -3,7 +3,7 @@
 //! `Authorization: Bearer`, or from a query parameter the service allows
 //! (Synapse still sends `?access_token=` to `/hash_details`).
 
-use crate::{Auth, store};
+use crate::Auth;
 use axum::extract::{FromRef, FromRequestParts, Query};
 use hearth_core::ids::UserId;
 use hearth_core::{ErrCode, MatrixError, Redacted};
@@ -50,7 +50,8 @@ where
         let auth = Auth::from_ref(state);
         let token = token(parts, &auth)
             .ok_or_else(|| MatrixError::unauthorized("No access token was given"))?;
-        let user_id = store::token_user(&auth.0.db, auth.0.service, token.expose())
+        let user_id = auth
+            .token_user(token.expose())
             .await?
             .ok_or_else(|| MatrixError::unauthorized("Unrecognised access token"))?;
         Ok(Self { user_id, token })
@@ -67,16 +68,12 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, MatrixError> {
         let authenticated = Authenticated::from_request_parts(parts, state).await?;
         let auth = Auth::from_ref(state);
-        if !auth.0.terms.is_empty() {
-            let accepted =
-                store::accepted_urls(&auth.0.db, auth.0.service, &authenticated.user_id).await?;
-            if !auth.0.terms.all_accepted(&accepted) {
-                return Err(MatrixError::new(
-                    StatusCode::FORBIDDEN,
-                    ErrCode::TERMS_NOT_SIGNED,
-                    "Terms of service have not been accepted",
-                ));
-            }
+        if !auth.terms_accepted(&authenticated.user_id).await? {
+            return Err(MatrixError::new(
+                StatusCode::FORBIDDEN,
+                ErrCode::TERMS_NOT_SIGNED,
+                "Terms of service have not been accepted",
+            ));
         }
         Ok(Self(authenticated))
     }

@@ -8,6 +8,7 @@
 //!   policy before any endpoint that requires terms answers;
 //! - the [`Authenticated`] and [`TermsAccepted`] extractors enforce both.
 
+mod cache;
 mod config;
 mod extract;
 mod openid;
@@ -33,10 +34,16 @@ use std::sync::Arc;
 pub static SCHEMA: Schema = Schema {
     component: "auth",
     depends_on: &[&hearth_core::storage::SCHEMA],
-    migrations: &[Migration {
-        description: "service tokens and accepted terms",
-        sql: include_str!("../migrations/0001_tokens_and_terms.sql"),
-    }],
+    migrations: &[
+        Migration {
+            description: "service tokens and accepted terms",
+            sql: include_str!("../migrations/0001_tokens_and_terms.sql"),
+        },
+        Migration {
+            description: "change log of logouts and erasures, for caches",
+            sql: include_str!("../migrations/0002_auth_changes.sql"),
+        },
+    ],
 };
 
 /// One service's auth: its own tokens, its own policies.
@@ -51,6 +58,7 @@ struct Inner {
     terms: Terms,
     allowed_homeservers: Vec<ServerName>,
     query_token_names: &'static [&'static str],
+    cache: cache::Cache,
 }
 
 impl Auth {
@@ -72,7 +80,50 @@ impl Auth {
             terms: Terms::new(service, &config.terms, public_base_url)?,
             allowed_homeservers: config.allowed_homeservers.clone(),
             query_token_names,
+            cache: cache::Cache::new(),
         })))
+    }
+
+    /// The user `token` belongs to, from memory when this instance has
+    /// seen it since the last logout it heard of.
+    pub(crate) async fn token_user(&self, token: &str) -> Result<Option<UserId>, MatrixError> {
+        let hash = store::hash(token);
+        let asked = self.0.cache.refresh(&self.0.db, self.0.service).await?;
+        if let Some(user_id) = self.0.cache.token(&hash) {
+            return Ok(Some(user_id));
+        }
+        let user_id = store::token_user(&self.0.db, self.0.service, &hash).await?;
+        if let Some(user_id) = &user_id {
+            self.0.cache.keep_token(asked, hash, user_id.clone());
+        }
+        Ok(user_id)
+    }
+
+    /// Whether `user_id` accepted every current policy; once true, from
+    /// memory.
+    pub(crate) async fn terms_accepted(&self, user_id: &UserId) -> Result<bool, MatrixError> {
+        if self.0.terms.is_empty() {
+            return Ok(true);
+        }
+        let asked = self.0.cache.refresh(&self.0.db, self.0.service).await?;
+        if self.0.cache.accepted(user_id) {
+            return Ok(true);
+        }
+        let accepted = store::accepted_urls(&self.0.db, self.0.service, user_id).await?;
+        let all = self.0.terms.all_accepted(&accepted);
+        if all {
+            self.0.cache.keep_accepted(asked, user_id.clone());
+        }
+        Ok(all)
+    }
+
+    /// Invalidates `token` here and, through the change log, everywhere.
+    /// False when it was not a token of this service.
+    pub(crate) async fn delete_token(&self, token: &str) -> Result<bool, MatrixError> {
+        let hash = store::hash(token);
+        let deleted = store::delete_token(&self.0.db, self.0.service, &hash).await?;
+        self.0.cache.drop_token(&hash);
+        Ok(deleted)
     }
 
     pub fn terms(&self) -> &Terms {
@@ -122,8 +173,196 @@ impl Auth {
         Ok(serde_json::json!({ "active_tokens": tokens, "accepted_terms": accepted }))
     }
 
-    /// Erases every token and acceptance held for `user_id`.
+    /// Erases every token and acceptance held for `user_id`, here and,
+    /// through the change log, in every instance's cache.
     pub async fn forget(&self, user_id: &UserId) -> Result<(), MatrixError> {
-        store::forget(&self.0.db, self.0.service, user_id).await
+        store::forget(&self.0.db, self.0.service, user_id).await?;
+        self.0.cache.drop_user(user_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PolicyConfig, PolicyLanguage, TermsConfig};
+    use hearth_federation::BoxFuture;
+    use hearth_federation::connect::{Dns, SrvTarget};
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    /// No test here reaches another server.
+    struct NoDns;
+
+    impl Dns for NoDns {
+        fn srv(&self, _: &str) -> BoxFuture<'_, std::io::Result<Vec<SrvTarget>>> {
+            Box::pin(async { Err(std::io::Error::other("no DNS in these tests")) })
+        }
+        fn ip(&self, _: &str) -> BoxFuture<'_, std::io::Result<Vec<IpAddr>>> {
+            Box::pin(async { Err(std::io::Error::other("no DNS in these tests")) })
+        }
+    }
+
+    const POLICY_URL: &str = "https://example.org/privacy-1.html";
+
+    /// One instance's auth for the identity service, with one policy.
+    fn instance(db: &Database) -> Auth {
+        let federation = FederationClient::new(
+            &hearth_federation::FederationConfig::default(),
+            Arc::new(NoDns),
+            None,
+        )
+        .unwrap();
+        let mut terms = TermsConfig::default();
+        terms.policies.insert(
+            "privacy".to_owned(),
+            PolicyConfig {
+                version: "1".to_owned(),
+                languages: [(
+                    "en".to_owned(),
+                    PolicyLanguage {
+                        name: "Privacy".to_owned(),
+                        url: Some(POLICY_URL.to_owned()),
+                        file: None,
+                    },
+                )]
+                .into(),
+            },
+        );
+        let config = AuthConfig {
+            allowed_homeservers: Vec::new(),
+            terms,
+        };
+        Auth::new(
+            "identity",
+            db.clone(),
+            federation,
+            &config,
+            "https://is",
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("@alice:example.org").unwrap()
+    }
+
+    async fn token_for(db: &Database, user_id: &UserId) -> String {
+        let token = store::new_token();
+        store::insert_token(db, "identity", &token, user_id)
+            .await
+            .unwrap();
+        token
+    }
+
+    /// Polls until `done` holds, for at most 1.5 s; how long it took.
+    async fn within_a_second<F: std::future::Future<Output = bool>>(
+        mut done: impl FnMut() -> F,
+    ) -> Duration {
+        let start = Instant::now();
+        while !done().await {
+            assert!(
+                start.elapsed() < Duration::from_millis(1500),
+                "instances still disagree after {:?}",
+                start.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+
+    /// Issue 10 item 10: a request with a known token and accepted terms
+    /// costs no database query. Proven with the database closed: the
+    /// answers still come, from memory.
+    #[tokio::test]
+    async fn known_tokens_and_acceptances_are_answered_from_memory() {
+        for (db, _dir) in hearth_core::storage::testing::all(&crate::SCHEMA).await {
+            let auth = instance(&db);
+            let token = token_for(&db, &alice()).await;
+            store::accept_urls(&db, "identity", &alice(), &[POLICY_URL])
+                .await
+                .unwrap();
+            assert_eq!(auth.token_user(&token).await.unwrap(), Some(alice()));
+            assert!(auth.terms_accepted(&alice()).await.unwrap());
+            db.close().await;
+            assert_eq!(auth.token_user(&token).await.unwrap(), Some(alice()));
+            assert!(auth.terms_accepted(&alice()).await.unwrap());
+        }
+    }
+
+    /// Issue 10 item 10: instances sharing a database agree within a
+    /// second after a logout on one of them, as lookups follow binds.
+    #[tokio::test]
+    async fn a_logout_elsewhere_is_honoured_within_a_second() {
+        for (db, _dir) in hearth_core::storage::testing::all(&crate::SCHEMA).await {
+            let (here, there) = (instance(&db), instance(&db));
+            let token = token_for(&db, &alice()).await;
+            assert_eq!(here.token_user(&token).await.unwrap(), Some(alice()));
+            assert!(there.delete_token(&token).await.unwrap());
+            // The instance that logged out knows at once.
+            assert_eq!(there.token_user(&token).await.unwrap(), None);
+            within_a_second(|| async { here.token_user(&token).await.unwrap().is_none() }).await;
+        }
+    }
+
+    /// An erasure elsewhere (`hearth identity forget`) takes the user's
+    /// tokens and acceptances from every instance within a second.
+    #[tokio::test]
+    async fn an_erasure_elsewhere_is_honoured_within_a_second() {
+        for (db, _dir) in hearth_core::storage::testing::all(&crate::SCHEMA).await {
+            let (here, there) = (instance(&db), instance(&db));
+            let token = token_for(&db, &alice()).await;
+            store::accept_urls(&db, "identity", &alice(), &[POLICY_URL])
+                .await
+                .unwrap();
+            assert_eq!(here.token_user(&token).await.unwrap(), Some(alice()));
+            assert!(here.terms_accepted(&alice()).await.unwrap());
+            there.forget(&alice()).await.unwrap();
+            within_a_second(|| async {
+                here.token_user(&token).await.unwrap().is_none()
+                    && !here.terms_accepted(&alice()).await.unwrap()
+            })
+            .await;
+        }
+    }
+
+    /// Refusals are never cached: a token or an acceptance made on
+    /// another instance counts here at once.
+    #[tokio::test]
+    async fn new_tokens_and_acceptances_count_at_once_everywhere() {
+        for (db, _dir) in hearth_core::storage::testing::all(&crate::SCHEMA).await {
+            let here = instance(&db);
+            let token = store::new_token();
+            assert_eq!(here.token_user(&token).await.unwrap(), None);
+            assert!(!here.terms_accepted(&alice()).await.unwrap());
+            store::insert_token(&db, "identity", &token, &alice())
+                .await
+                .unwrap();
+            store::accept_urls(&db, "identity", &alice(), &[POLICY_URL])
+                .await
+                .unwrap();
+            assert_eq!(here.token_user(&token).await.unwrap(), Some(alice()));
+            assert!(here.terms_accepted(&alice()).await.unwrap());
+        }
+    }
+
+    /// Issue 10 item 6: a 64 KiB OpenID token gave 502 and an ERROR line,
+    /// as the homeserver refused the URL it made. Fields sent on are
+    /// bounded: the client's mistake is its 400, and nothing is sent.
+    #[tokio::test]
+    async fn an_oversized_openid_token_is_the_clients_400() {
+        let (db, _dir) = hearth_core::storage::testing::sqlite(&crate::SCHEMA).await;
+        let auth = instance(&db);
+        let credentials: OpenIdCredentials = serde_json::from_value(serde_json::json!({
+            "access_token": "a".repeat(openid::MAX_ACCESS_TOKEN_LEN + 1),
+            "token_type": "Bearer",
+            "matrix_server_name": "example.org",
+            "expires_in": 3600,
+        }))
+        .unwrap();
+        let err = auth.register(&credentials).await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err.errcode, hearth_core::ErrCode::INVALID_PARAM, "{err}");
     }
 }

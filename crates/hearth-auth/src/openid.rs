@@ -6,6 +6,12 @@ use hearth_core::{MatrixError, Redacted};
 use hearth_federation::{FederationClient, FederationError};
 use serde::Deserialize;
 
+/// Longest OpenID access token passed on to a homeserver. Synapse's are 24
+/// characters; the bound leaves room for other homeservers' formats while
+/// keeping the userinfo URL far below what servers accept (a 64 KiB token
+/// made the request fail at the homeserver, which looked like our fault).
+pub(crate) const MAX_ACCESS_TOKEN_LEN: usize = 1024;
+
 /// The body of `POST /account/register`: what the homeserver's
 /// `/openid/request_token` returned.
 #[derive(Debug, Deserialize)]
@@ -25,6 +31,13 @@ pub(crate) async fn userinfo(
     credentials: &OpenIdCredentials,
 ) -> Result<UserId, MatrixError> {
     let invalid = || MatrixError::unauthorized("Supplied OpenID credentials are invalid");
+    // Every field sent on is bounded here, so an oversized one is the
+    // client's 400 and never a failed request to the homeserver.
+    if credentials.access_token.expose().len() > MAX_ACCESS_TOKEN_LEN {
+        return Err(MatrixError::invalid_param(format!(
+            "access_token is longer than {MAX_ACCESS_TOKEN_LEN} bytes"
+        )));
+    }
     if credentials
         .token_type
         .as_deref()
@@ -32,6 +45,7 @@ pub(crate) async fn userinfo(
     {
         return Err(MatrixError::invalid_param("token_type must be Bearer"));
     }
+    // At most 255 characters, as the grammar bounds it.
     let server = ServerName::parse(&credentials.matrix_server_name)
         .map_err(|_| MatrixError::invalid_param("matrix_server_name is not a server name"))?;
     let token = credentials.access_token.expose();
@@ -46,7 +60,9 @@ pub(crate) async fn userinfo(
             return Err(invalid());
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not reach the homeserver to check an OpenID token");
+            // The client named the homeserver: one that does not answer is
+            // not this server's fault, so `info`, not `warn` or `error`.
+            tracing::info!(error = %e, "could not reach the homeserver to check an OpenID token");
             return Err(MatrixError::new(
                 http::StatusCode::BAD_GATEWAY,
                 hearth_core::ErrCode::UNKNOWN,

@@ -41,7 +41,7 @@ pub async fn logout(
     LogoutToken(token): LogoutToken,
 ) -> Result<Json<Value>, MatrixError> {
     let token = token.ok_or_else(|| MatrixError::unauthorized("No access token was given"))?;
-    if store::delete_token(&auth.0.db, auth.0.service, token.expose()).await? {
+    if auth.delete_token(token.expose()).await? {
         Ok(Json(json!({})))
     } else {
         Err(MatrixError::new(

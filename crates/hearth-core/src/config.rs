@@ -205,6 +205,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     pub trusted_proxies: Vec<IpAddr>,
     pub log_client_ips: bool,
+    /// Requests one client address may have in progress at once; 0: no cap.
+    pub max_requests_in_progress_per_client: u32,
     pub rate_limit: RateLimitConfig,
 }
 
@@ -218,6 +220,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::secs(30),
             trusted_proxies: Vec::new(),
             log_client_ips: false,
+            max_requests_in_progress_per_client: 64,
             rate_limit: RateLimitConfig::default(),
         }
     }
@@ -263,6 +266,7 @@ pub struct DatabaseConfig {
     pub url_file: Option<PathBuf>,
     pub max_connections: u32,
     pub busy_timeout: Duration,
+    pub sqlite_synchronous: crate::storage::SqliteSynchronous,
 }
 
 impl Default for DatabaseConfig {
@@ -272,6 +276,7 @@ impl Default for DatabaseConfig {
             url_file: None,
             max_connections: 10,
             busy_timeout: Duration::secs(5),
+            sqlite_synchronous: crate::storage::SqliteSynchronous::Full,
         }
     }
 }

@@ -27,12 +27,10 @@ pub enum KeyError {
     },
     #[error("{0}: no signing key in file")]
     EmptyFile(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is in the message and not a `source`, so a chain
+    /// printed with `{:#}` does not say it twice.
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("invalid public key")]
     InvalidPublicKey,
 }
@@ -187,18 +185,18 @@ impl SigningKey {
     }
 
     pub fn read_synapse_file(path: &Path) -> Result<Vec<Self>, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::parse_synapse(&text, &path.display().to_string())
     }
 
     /// Writes the key file atomically, readable by its owner only.
     pub fn write_synapse_file(path: &Path, keys: &[Self]) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
+        let io = |cause| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;

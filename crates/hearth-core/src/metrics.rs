@@ -20,7 +20,36 @@ pub fn install() -> PrometheusHandle {
             // Fails only if another recorder was installed first; then our
             // handle renders nothing, which tests notice.
             let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_counter!(
+                "hearth_http_requests_total",
+                "Public HTTP requests by route template, method and status"
+            );
+            metrics::describe_histogram!(
+                "hearth_http_request_duration_seconds",
+                metrics::Unit::Seconds,
+                "Time to answer a public HTTP request, by route template"
+            );
+            // A series from the start, so a scrape before the first request
+            // already tells the scraper which build it watches.
+            metrics::describe_gauge!("hearth_build_info", "The running build of Hearth");
+            metrics::gauge!("hearth_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 10 item 13: `/metrics` says something before any request.
+    #[test]
+    fn a_fresh_recorder_renders_the_build_info() {
+        let text = super::install().render();
+        assert!(
+            text.contains(&format!(
+                "hearth_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
 }

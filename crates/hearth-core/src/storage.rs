@@ -49,25 +49,24 @@ pub enum Backend {
     Postgres,
 }
 
+/// Causes are in the messages and not `source`s, so a chain printed with
+/// `{:#}` does not say them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("unsupported database URL scheme in {0:?}: use sqlite:// or postgres://")]
     UnsupportedUrl(String),
-    #[error("creating the database directory {path}: {source}")]
-    CreateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("database URL: synchronous={0:?}: use normal, full or extra")]
+    InvalidSynchronous(String),
+    #[error("creating the database file or its directory {path}: {cause}")]
+    CreateDir { path: String, cause: std::io::Error },
     #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    #[error("migration {component} {version} ({description}): {source}")]
+    Sqlx(sqlx::Error),
+    #[error("migration {component} {version} ({description}): {cause}")]
     Migrate {
         component: &'static str,
         version: usize,
         description: &'static str,
-        #[source]
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     #[error(
         "the database has {component} schema version {found}, newer than this build knows ({known}); run the newer Hearth"
@@ -77,6 +76,12 @@ pub enum StorageError {
         found: i64,
         known: usize,
     },
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Sqlx(e)
+    }
 }
 
 /// A handle on the database, cheap to clone.
@@ -103,10 +108,11 @@ impl Database {
             let scheme = url.split(':').next().unwrap_or_default();
             return Err(StorageError::UnsupportedUrl(format!("{scheme}:")));
         };
-        let url = match backend {
+        let (url, synchronous) = match backend {
             Backend::Sqlite => sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+            Backend::Postgres => (url.to_owned(), SqliteSynchronous::default()),
         };
+        let synchronous = format!("PRAGMA synchronous = {}", synchronous.pragma());
         let options = AnyConnectOptions::from_str(&url)?;
         let busy_ms = busy_timeout.as_millis();
         let pool = AnyPoolOptions::new()
@@ -118,10 +124,13 @@ impl Database {
             })
             .acquire_timeout(busy_timeout.max(Duration::from_secs(5)))
             .after_connect(move |conn, _| {
+                let synchronous = synchronous.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        sqlx::query(sqlx::AssertSqlSafe(synchronous))
+                            .execute(&mut *conn)
+                            .await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         let busy = format!("PRAGMA busy_timeout = {busy_ms}");
                         sqlx::query(sqlx::AssertSqlSafe(busy))
@@ -212,11 +221,11 @@ impl Database {
         version: usize,
         migration: &'static Migration,
     ) -> Result<bool, StorageError> {
-        let failed = |source| StorageError::Migrate {
+        let failed = |cause| StorageError::Migrate {
             component: schema.component,
             version,
             description: migration.description,
-            source,
+            cause,
         };
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
@@ -325,32 +334,135 @@ fn dependency_order(schema: &'static Schema, order: &mut Vec<&'static Schema>) {
     }
 }
 
-/// Creates the SQLite file's directory and asks for the file to be created.
-fn sqlite_url(url: &str) -> Result<String, StorageError> {
-    let path = url
-        .trim_start_matches("sqlite:")
-        .trim_start_matches("//")
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    if !path.is_empty()
-        && path != ":memory:"
-        && let Some(dir) = Path::new(path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+/// Prepares a SQLite URL for sqlx: creates the file's directory and the
+/// file itself, both for their owner only, and takes out the
+/// `synchronous` parameter, which is Hearth's and not sqlx's.
+fn sqlite_url(url: &str) -> Result<(String, SqliteSynchronous), StorageError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut synchronous = SqliteSynchronous::default();
+    let mut params = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.split_once('=') {
+            Some(("synchronous", value)) => {
+                synchronous = SqliteSynchronous::parse(value)
+                    .ok_or_else(|| StorageError::InvalidSynchronous(value.to_owned()))?;
+            }
+            _ => params.push(param),
+        }
     }
-    Ok(if url.contains("mode=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    })
+    let path = base.trim_start_matches("sqlite:").trim_start_matches("//");
+    let creates = params
+        .iter()
+        .find_map(|p| p.strip_prefix("mode="))
+        .is_none_or(|mode| mode == "rwc");
+    if creates && !path.is_empty() && path != ":memory:" {
+        create_private(Path::new(path))?;
+    }
+    if !params.iter().any(|p| p.starts_with("mode=")) {
+        params.push("mode=rwc");
+    }
+    Ok((format!("{base}?{}", params.join("&")), synchronous))
+}
+
+/// Creates the database file, and any missing directory above it, for
+/// their owner only: the file holds 3PIDs, invite tokens and the lookup
+/// pepper. SQLite gives `-wal` and `-shm` the main file's mode, so they
+/// follow. Files and directories that exist are left as they are, and a
+/// warning says when others can read them.
+fn create_private(path: &Path) -> Result<(), StorageError> {
+    let failed = |at: &Path| {
+        let at = at.display().to_string();
+        move |cause| StorageError::CreateDir { path: at, cause }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(failed(dir))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(path)(e)),
+    }
+    for exposed in readable_by_others(path) {
+        tracing::warn!(
+            path = %exposed.display(),
+            "others can read this, and it holds personal data: chmod o-rwx it"
+        );
+    }
+    Ok(())
+}
+
+/// Which of the database file, its `-wal` and `-shm`, and its directory
+/// others (neither the owner nor the group) may access.
+pub fn readable_by_others(db_file: &Path) -> Vec<std::path::PathBuf> {
+    let mut paths = vec![db_file.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db_file.as_os_str().to_owned();
+        name.push(suffix);
+        paths.push(name.into());
+    }
+    if let Some(dir) = db_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        paths.push(dir.to_path_buf());
+    }
+    paths.retain(|p| others_may_access(p));
+    paths
+}
+
+/// Whether others (not the owner, not the group) have any access to `path`.
+/// False when it does not exist.
+pub fn others_may_access(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// SQLite's `synchronous` setting in WAL mode: `full` syncs the log at
+/// every commit, so an acknowledged write survives a power cut; `normal`
+/// only at checkpoints, which survives a crashed process but may lose the
+/// last commits on power loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Normal,
+    /// The default: the identity service writes rarely and must not forget
+    /// a bind it acknowledged.
+    #[default]
+    Full,
+    Extra,
+}
+
+impl SqliteSynchronous {
+    fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "normal" => Some(Self::Normal),
+            "full" => Some(Self::Full),
+            "extra" => Some(Self::Extra),
+            _ => None,
+        }
+    }
+
+    /// The value for the URL parameter and the pragma.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Full => "full",
+            Self::Extra => "extra",
+        }
+    }
 }
 
 /// The default SQLite URL for a data directory.

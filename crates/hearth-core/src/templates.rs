@@ -10,19 +10,19 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("built-in template {name}: {source}")]
+    // Causes are in the messages and not `source`s, so a chain printed
+    // with `{:#}` does not say them twice.
+    #[error("built-in template {name}: {cause}")]
     BuiltIn {
         name: &'static str,
-        #[source]
-        source: minijinja::Error,
+        cause: minijinja::Error,
     },
     /// `key` is the config key that named the directory.
-    #[error("{key} {dir}: {source}")]
+    #[error("{key} {dir}: {cause}")]
     Dir {
         key: &'static str,
         dir: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("template {path}: {reason}")]
     File { path: String, reason: String },
@@ -68,13 +68,13 @@ impl Templates {
         );
         for (name, source) in built_in {
             env.add_template(name, source)
-                .map_err(|source| TemplateError::BuiltIn { name, source })?;
+                .map_err(|cause| TemplateError::BuiltIn { name, cause })?;
         }
         if let Some(dir) = dir {
-            let at = |source| TemplateError::Dir {
+            let at = |cause| TemplateError::Dir {
                 key,
                 dir: dir.display().to_string(),
-                source,
+                cause,
             };
             for entry in std::fs::read_dir(dir).map_err(at)? {
                 let path = entry.map_err(at)?.path();

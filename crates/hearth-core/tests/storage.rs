@@ -219,7 +219,9 @@ async fn sqlite() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(synchronous, 1, "synchronous = NORMAL");
+        // Issue 10 item 7: in WAL mode, NORMAL may lose the last commits
+        // on power loss; FULL syncs the log before a commit returns.
+        assert_eq!(synchronous, 2, "synchronous = FULL");
     }
     drop(conns);
     db.close().await;
@@ -287,4 +289,76 @@ async fn unsupported_url_scheme_does_not_echo_the_password() {
             assert!(!debug.contains(leaked), "{leaked} in {debug}");
         }
     }
+}
+
+async fn synchronous(db: &Database) -> i64 {
+    sqlx::query("PRAGMA synchronous")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `database.sqlite_synchronous` reaches SQLite as the URL's `synchronous`
+/// parameter, which sqlx itself would refuse; other parameters stay.
+#[tokio::test]
+async fn sqlite_synchronous_comes_from_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.db");
+    for (query, expected) in [
+        ("?synchronous=normal", 1),
+        ("?cache=private&synchronous=EXTRA", 3),
+        ("", 2),
+    ] {
+        let url = format!("sqlite://{}{query}", path.display());
+        let db = Database::connect(&url, 2, BUSY_TIMEOUT).await.unwrap();
+        assert_eq!(synchronous(&db).await, expected, "{query}");
+        db.close().await;
+    }
+    let url = format!("sqlite://{}?synchronous=off", path.display());
+    let err = Database::connect(&url, 2, BUSY_TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::InvalidSynchronous(_)),
+        "{err:?}"
+    );
+}
+
+/// Issue 10 item 4: the database holds 3PIDs, invite tokens and the
+/// pepper. Created 0644 (the umask's default) in a directory that already
+/// existed, anyone on the host could read them. The file is created 0600,
+/// and SQLite gives `-wal` and `-shm` the same mode.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_its_wal_and_shm_are_private_in_an_existing_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open).unwrap();
+    let db = Database::connect(&default_sqlite_url(dir.path()), 2, BUSY_TIMEOUT)
+        .await
+        .unwrap();
+    db.migrate(&SCHEMA).await.unwrap();
+    let file = dir.path().join("hearth.db");
+    for name in ["hearth.db", "hearth.db-wal", "hearth.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
+    }
+    // Only the directory, made by someone else, is open to others.
+    assert_eq!(
+        hearth_core::storage::readable_by_others(&file),
+        vec![dir.path().to_path_buf()]
+    );
+    db.close().await;
+
+    // A directory Hearth makes is its owner's alone.
+    let nested = dir.path().join("made/here/hearth.db");
+    let db = Database::connect(&format!("sqlite://{}", nested.display()), 2, BUSY_TIMEOUT)
+        .await
+        .unwrap();
+    db.ping().await.unwrap();
+    assert!(hearth_core::storage::readable_by_others(&nested).is_empty());
+    db.close().await;
 }

@@ -5,7 +5,8 @@
 use crate::BoxFuture;
 use crate::connect::{Destination, Dns, SrvTarget};
 use hearth_core::ids::{Host, ServerName};
-use std::collections::HashMap;
+use lru::LruCache;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,11 @@ const WELL_KNOWN_MAX_CACHE: Duration = Duration::from_secs(48 * 3600);
 const WELL_KNOWN_MIN_CACHE: Duration = Duration::from_secs(5 * 60);
 const WELL_KNOWN_INVALID_CACHE: Duration = Duration::from_secs(3600);
 const WELL_KNOWN_FIRST_BACKOFF: Duration = Duration::from_secs(2 * 60);
+/// Hostnames whose `.well-known` answer (or failure) is remembered. Names
+/// come from requests (X-Matrix origins, OpenID servers), so without a
+/// bound anyone could grow the cache by inventing them; past this the
+/// least recently used is forgotten and, if asked again, fetched again.
+const WELL_KNOWN_CACHE_ENTRIES: usize = 4096;
 
 /// What fetching `https://<hostname>/.well-known/matrix/server` produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +53,7 @@ struct CachedWellKnown {
 pub struct Resolver {
     dns: Arc<dyn Dns>,
     well_known: Arc<dyn WellKnownSource>,
-    cache: Arc<Mutex<HashMap<String, CachedWellKnown>>>,
+    cache: Arc<Mutex<LruCache<String, CachedWellKnown>>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -61,7 +67,9 @@ impl Resolver {
         Self {
             dns,
             well_known,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(WELL_KNOWN_CACHE_ENTRIES).expect("not zero"),
+            ))),
         }
     }
 
@@ -122,7 +130,7 @@ impl Resolver {
     async fn delegation(&self, hostname: &str) -> Option<ServerName> {
         let now = Instant::now();
         let previous = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.get(hostname).cloned()
         };
         if let Some(entry) = &previous
@@ -165,7 +173,7 @@ impl Resolver {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(hostname.to_owned(), entry);
+            .put(hostname.to_owned(), entry);
         delegated
     }
 }
@@ -218,6 +226,7 @@ pub fn cache_max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::io;
     use std::net::IpAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -536,6 +545,32 @@ mod tests {
         resolve(&r, "missing.org").await;
         resolve(&r, "missing.org").await;
         assert_eq!(wk.calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Issue 10 item 8: 3,000 invented origins grew memory by 0.8 MB. The
+    /// cache keeps at most its bound, dropping the least recently used, so
+    /// a name in use stays cached through a spray of invented ones.
+    #[tokio::test]
+    async fn the_cache_is_bounded_and_keeps_names_in_use() {
+        let (r, wk) = resolver(
+            &[],
+            &[(
+                "example.org",
+                well_known(r#"{"m.server":"hs.example.org:443"}"#),
+            )],
+        );
+        resolve(&r, "example.org").await;
+        for i in 0..WELL_KNOWN_CACHE_ENTRIES + 500 {
+            resolve(&r, &format!("invented{i}.test")).await;
+            if i % 1000 == 0 {
+                resolve(&r, "example.org").await;
+            }
+        }
+        let held = r.cache.lock().unwrap().len();
+        assert_eq!(held, WELL_KNOWN_CACHE_ENTRIES);
+        let calls = wk.calls.load(Ordering::SeqCst);
+        resolve(&r, "example.org").await;
+        assert_eq!(wk.calls.load(Ordering::SeqCst), calls, "still cached");
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let config = load(config_path.as_ref()).context("loading the config")?;
     crate::logging::init(&config.log)?;
+    warn_if_others_may_read(&config);
     serve::run(config, only).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -173,8 +174,15 @@ async fn identity_command(
         IdentityCommand::Forget { user_id } => {
             let identity = identity(config).await?;
             let user_id = UserId::parse(&user_id)?;
+            // Read first, so the operator is not told something was erased
+            // for a user (or a mistyped id) that had nothing.
+            let held = hearth_identity::export(&identity, &user_id).await?;
             hearth_identity::forget(&identity, &user_id).await?;
-            writeln!(out, "erased everything held about {user_id}")?;
+            if holds_nothing(&held) {
+                writeln!(out, "nothing was held about {user_id}")?;
+            } else {
+                writeln!(out, "erased everything held about {user_id}")?;
+            }
         }
         IdentityCommand::ImportSydent {
             database,
@@ -198,9 +206,85 @@ async fn identity_command(
     Ok(())
 }
 
+/// Whether an export lists no binding, invite, token or acceptance.
+fn holds_nothing(export: &serde_json::Value) -> bool {
+    let empty = |value: &serde_json::Value| match value {
+        serde_json::Value::Array(items) => items.is_empty(),
+        serde_json::Value::Number(n) => n.as_i64() == Some(0),
+        serde_json::Value::Null => true,
+        _ => false,
+    };
+    empty(&export["associations"])
+        && empty(&export["pending_invites_sent"])
+        && empty(&export["account"]["active_tokens"])
+        && empty(&export["account"]["accepted_terms"])
+}
+
+/// The data directory holds the signing key, and by default the database:
+/// say so at start-up when others on the host can read it.
+fn warn_if_others_may_read(config: &Config) {
+    let mut exposed = Vec::new();
+    if hearth_core::storage::others_may_access(&config.data_dir) {
+        exposed.push(config.data_dir.clone());
+    }
+    let key = config.signing_key_path();
+    if hearth_core::storage::others_may_access(&key) {
+        exposed.push(key);
+    }
+    for path in exposed {
+        tracing::warn!(
+            path = %path.display(),
+            "others can read this, and it holds secrets: chmod o-rwx it"
+        );
+    }
+}
+
 /// The identity service on the shared context, for commands that manage
 /// its data.
 async fn identity(config: &Config) -> anyhow::Result<hearth_identity::IdentityState> {
     let ctx = serve::context(config).await?;
     Ok(hearth_identity::build(&config.identity, &ctx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 item 12: the OS error was printed twice, once in the
+    /// message and once more as its source, when `main` printed the chain.
+    #[tokio::test]
+    async fn a_missing_key_file_names_the_os_error_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.key");
+        let err = keys::import(&Config::default(), &missing, &mut Vec::new())
+            .await
+            .unwrap_err();
+        // As `main` prints it.
+        let printed = format!("{err:#}");
+        assert!(printed.contains(missing.to_str().unwrap()), "{printed}");
+        assert_eq!(
+            printed.matches("No such file or directory").count(),
+            1,
+            "{printed}"
+        );
+    }
+
+    /// Issue 10 item 15: `identity forget` of a user with nothing held
+    /// must not claim to have erased anything.
+    #[test]
+    fn an_export_with_nothing_in_it_holds_nothing() {
+        let nothing = serde_json::json!({
+            "user_id": "@unknown:example.org",
+            "associations": [],
+            "pending_invites_sent": [],
+            "account": {"active_tokens": 0, "accepted_terms": []},
+        });
+        assert!(holds_nothing(&nothing));
+        let mut token = nothing.clone();
+        token["account"]["active_tokens"] = 1.into();
+        assert!(!holds_nothing(&token));
+        let mut bound = nothing;
+        bound["associations"] = serde_json::json!([{"medium": "email"}]);
+        assert!(!holds_nothing(&bound));
+    }
 }

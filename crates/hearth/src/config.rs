@@ -9,6 +9,7 @@ use hearth_core::config::{
 };
 use hearth_core::http::TlsFiles;
 use hearth_core::ids::ServerName;
+use hearth_core::storage::SqliteSynchronous;
 use hearth_federation::FederationConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -127,7 +128,8 @@ impl Config {
     }
 
     /// The database URL: `database.url`, `database.url_file`, or SQLite in
-    /// the data directory.
+    /// the data directory. A SQLite URL carries `database.sqlite_synchronous`
+    /// when it is not the default, unless the URL sets `synchronous` itself.
     pub(crate) fn database_url(&self) -> Result<Secret, ConfigError> {
         let given = resolve_secret(
             "database.url",
@@ -135,9 +137,25 @@ impl Config {
             self.database.url_file.as_deref(),
         )
         .map_err(ConfigError)?;
-        Ok(given.unwrap_or_else(|| {
+        let url = given.unwrap_or_else(|| {
             Secret(hearth_core::storage::default_sqlite_url(&self.data_dir).into())
-        }))
+        });
+        let synchronous = self.database.sqlite_synchronous;
+        if !url.expose().starts_with("sqlite:")
+            || synchronous == SqliteSynchronous::default()
+            || url.expose().contains("synchronous=")
+        {
+            return Ok(url);
+        }
+        let separator = if url.expose().contains('?') { '&' } else { '?' };
+        Ok(Secret(
+            format!(
+                "{}{separator}synchronous={}",
+                url.expose(),
+                synchronous.pragma()
+            )
+            .into(),
+        ))
     }
 
     pub(crate) fn signing_key_path(&self) -> PathBuf {
@@ -319,6 +337,28 @@ mod tests {
             assert!(err.contains("bindd"), "{err}");
             Ok(())
         });
+    }
+
+    /// Issue 10 item 7: FULL is the default and needs no URL parameter;
+    /// another choice reaches `Database::connect` in the URL.
+    #[test]
+    fn sqlite_synchronous_travels_in_the_url() {
+        let mut config = Config::default();
+        config.database.sqlite_synchronous = SqliteSynchronous::Normal;
+        assert_eq!(
+            config.database_url().unwrap().expose(),
+            "sqlite://./data/hearth.db?synchronous=normal"
+        );
+        config.database.url = Some(Secret("sqlite:///x.db?cache=private".to_owned().into()));
+        assert_eq!(
+            config.database_url().unwrap().expose(),
+            "sqlite:///x.db?cache=private&synchronous=normal"
+        );
+        config.database.url = Some(Secret("postgres://db/hearth".to_owned().into()));
+        assert_eq!(
+            config.database_url().unwrap().expose(),
+            "postgres://db/hearth"
+        );
     }
 
     #[test]

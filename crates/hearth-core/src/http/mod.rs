@@ -3,6 +3,7 @@
 //! with TLS and graceful shutdown.
 
 mod client_ip;
+mod concurrency;
 mod cors;
 mod json;
 mod query;
@@ -102,6 +103,12 @@ pub fn public_app(
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(MatrixError::internal("handler panicked"))
         }))
+        // Inside the client address, which it keys on; inside metrics, so
+        // refusals are counted.
+        .layer(middleware::from_fn_with_state(
+            concurrency::InFlight::new(config.max_requests_in_progress_per_client),
+            concurrency::limit,
+        ))
         .layer(middleware::from_fn(trace::metrics))
         // Inside the span, so the client address can be recorded in it.
         .layer(middleware::from_fn_with_state(
@@ -133,11 +140,14 @@ async fn request_timeout(
 ) -> axum::response::Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => axum::response::IntoResponse::into_response(MatrixError::new(
-            http::StatusCode::GATEWAY_TIMEOUT,
-            crate::ErrCode::UNKNOWN,
-            "The request took too long",
-        )),
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            axum::response::IntoResponse::into_response(MatrixError::new(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                crate::ErrCode::UNKNOWN,
+                "The request took too long",
+            ))
+        }
     }
 }
 
