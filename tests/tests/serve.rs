@@ -252,7 +252,7 @@ async fn https_listener_serves_keys_to_the_federation_client() {
             allow_private_addresses,
             ..FederationConfig::default()
         };
-        FederationClient::new(&config, Arc::new(SystemDns::new().unwrap()), None).unwrap()
+        FederationClient::new(&config, Arc::new(SystemDns::new(&[]).unwrap()), None).unwrap()
     };
 
     let (db, _dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
