@@ -50,11 +50,25 @@ fn first_start_on_defaults_serves_and_stops_on_sigterm() {
     let site = Site::new();
     let mut hearth = site.start(&["serve"]);
 
+    // Issue 10 item 13: a scrape before any public request already shows
+    // a series, so a scraper sees the target is up and which build it is.
+    let metrics = hearth.admin_get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("hearth_build_info{version="),
+        "{}",
+        metrics.text()
+    );
+
     let data = site.data_dir();
     assert!(data.join("hearth.db").is_file(), "no data/hearth.db");
     assert!(data.join("signing.key").is_file(), "no data/signing.key");
     assert_eq!(mode(&data.join("signing.key")), 0o600, "signing.key mode");
     assert_eq!(mode(&data), 0o700, "data dir mode");
+    // Issue 10 item 4: 3PIDs, invite tokens and the pepper live here.
+    for name in ["hearth.db", "hearth.db-wal", "hearth.db-shm"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name} mode");
+    }
 
     let log = hearth.log();
     for expected in [
@@ -309,4 +323,29 @@ fn one_service_commands_mount_only_their_service() {
         .run(&["serve"]);
     assert!(!out.status.success(), "{out}");
     assert!(out.stderr.contains("no service is enabled"), "{out}");
+}
+
+/// Issue 10 item 4: with a data directory that already exists and others
+/// may read (made by an installer, say), the database is still created
+/// 0600 with its `-wal` and `-shm`, and the start-up log says the
+/// directory is open to others.
+#[test]
+fn an_existing_open_data_dir_gets_a_private_database_and_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new();
+    let data = site.data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut hearth = site.start(&["serve"]);
+    for name in ["hearth.db", "hearth.db-wal", "hearth.db-shm"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name} mode");
+    }
+    let log = hearth.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("WARN") && line.contains("others can read")),
+        "no warning about the open data directory:\n{log}"
+    );
+    let status = hearth.stop(STOP_TIMEOUT);
+    assert!(status.success(), "exit after SIGTERM: {status}");
 }

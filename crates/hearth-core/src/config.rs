@@ -247,14 +247,38 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
-    pub bind: SocketAddr,
+    pub bind: Addresses,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8091)),
+            bind: Addresses(vec![SocketAddr::from(([127, 0, 0, 1], 8091))]),
         }
+    }
+}
+
+/// Listening addresses: a list, as `http.bind` takes, or one address, as
+/// `admin.bind` took before it took a list too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Addresses(pub Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "an address such as \"127.0.0.1:8091\", or a list of them"
+        )]
+        enum Raw {
+            One(SocketAddr),
+            Many(Vec<SocketAddr>),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::One(addr) => Self(vec![addr]),
+            Raw::Many(addrs) => Self(addrs),
+        })
     }
 }
 
@@ -323,6 +347,18 @@ mod tests {
         }
         assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
         assert!("1MB".parse::<ByteSize>().is_err());
+    }
+
+    /// Issue 10 item 17: `admin.bind` takes a list like `http.bind`, and
+    /// still one address, as configs written before say it.
+    #[test]
+    fn admin_bind_takes_one_address_or_a_list() {
+        let one: AdminConfig = serde_json::from_str(r#"{"bind": "127.0.0.1:1"}"#).unwrap();
+        assert_eq!(one.bind.0, vec!["127.0.0.1:1".parse().unwrap()]);
+        let many: AdminConfig =
+            serde_json::from_str(r#"{"bind": ["127.0.0.1:1", "[::1]:2"]}"#).unwrap();
+        assert_eq!(many.bind.0.len(), 2);
+        assert!(serde_json::from_str::<AdminConfig>(r#"{"bind": 5}"#).is_err());
     }
 
     #[test]

@@ -124,6 +124,11 @@ impl Config {
                 "http.bind: give at least one address".to_owned(),
             ));
         }
+        if self.admin.bind.0.is_empty() {
+            return Err(ConfigError(
+                "admin.bind: give at least one address".to_owned(),
+            ));
+        }
         Ok(())
     }
 
@@ -330,7 +335,7 @@ mod tests {
             jail.set_env("HEARTH_PORT_8090_TCP_ADDR", "10.0.0.1");
             jail.set_env("HEARTH_ADMIN__BIND", "127.0.0.1:9999");
             let config = Config::load(None).expect("foreign variables are ignored");
-            assert_eq!(config.admin.bind.port(), 9999);
+            assert_eq!(config.admin.bind.0[0].port(), 9999);
 
             jail.set_env("HEARTH_HTTP__BINDD", "[]");
             let err = Config::load(None).unwrap_err().to_string();
@@ -373,6 +378,6 @@ mod tests {
             PathBuf::from("./data/signing.key")
         );
         assert!(config.http.bind.iter().all(|a| a.ip().is_loopback()));
-        assert!(config.admin.bind.ip().is_loopback());
+        assert!(config.admin.bind.0.iter().all(|a| a.ip().is_loopback()));
     }
 }

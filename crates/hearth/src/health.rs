@@ -11,7 +11,11 @@ use tokio::net::TcpStream;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn probe(config: &Config) -> ExitCode {
-    let mut addr = config.admin.bind;
+    // Any admin listener will do: they all serve `/health`.
+    let Some(mut addr) = config.admin.bind.0.first().copied() else {
+        eprintln!("unhealthy: admin.bind lists no address");
+        return ExitCode::FAILURE;
+    };
     // A wildcard bind is reached through loopback.
     if addr.ip().is_unspecified() {
         let loopback = match addr.ip() {

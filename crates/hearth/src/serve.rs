@@ -172,9 +172,13 @@ pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()
             tls: tls.clone(),
         });
     }
-    let admin_tcp = TcpListener::bind(config.admin.bind)
-        .await
-        .with_context(|| format!("binding admin.bind {}", config.admin.bind))?;
+    let mut admin_tcp = Vec::new();
+    for addr in &config.admin.bind.0 {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding admin.bind {addr}"))?;
+        admin_tcp.push(tcp);
+    }
     let admin = Router::new()
         .route("/health", get(health))
         .with_state(ctx.db.clone())
@@ -193,14 +197,10 @@ pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()
     for listener in public {
         tasks.spawn(serve(listener, app.clone(), shutdown.wait()));
     }
-    tasks.spawn(serve(
-        Listener {
-            tcp: admin_tcp,
-            tls: None,
-        },
-        admin,
-        shutdown.wait(),
-    ));
+    for tcp in admin_tcp {
+        let listener = Listener { tcp, tls: None };
+        tasks.spawn(serve(listener, admin.clone(), shutdown.wait()));
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
     stop.trigger();
@@ -260,7 +260,7 @@ fn common_advice(config: &Config, public: &[Listener]) -> Vec<String> {
 fn summary(
     config: &Config,
     public: &[Listener],
-    admin: &TcpListener,
+    admin: &[TcpListener],
     served: &[String],
     advice: &[String],
     db: &Database,
@@ -281,11 +281,13 @@ fn summary(
     for line in served {
         write!(s, "\n  serves  {line}")?;
     }
-    write!(
-        s,
-        "\n  admin   http://{} (/health, /metrics)",
-        admin.local_addr()?
-    )?;
+    for listener in admin {
+        write!(
+            s,
+            "\n  admin   http://{} (/health, /metrics)",
+            listener.local_addr()?
+        )?;
+    }
     let storage = match db.backend() {
         Backend::Sqlite => "SQLite",
         Backend::Postgres => "PostgreSQL",

@@ -118,17 +118,18 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
-            "| server | lookups/s | p50 | p99 | requests | RSS after | peak RSS |\n\
-             |---|---:|---:|---:|---:|---:|---:|"
+            "| server | lookups/s | p50 | p99 | server CPU per lookup | requests | RSS after | peak RSS |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for run in [self.hearth, self.sydent] {
             let _ = writeln!(
                 out,
-                "| {} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 run.server,
                 run.outcome.per_second(),
                 millis(run.outcome.percentile(0.5)),
                 millis(run.outcome.percentile(0.99)),
+                micros(cpu_per_lookup(run)),
                 thousands(run.outcome.requests),
                 mib(run.memory.rss_kib),
                 mib(run.memory.peak_kib),
@@ -146,6 +147,21 @@ impl Report<'_> {
             millis(p99),
             GOAL_P99.as_millis(),
             verdict(p99.is_some_and(|p99| p99 < GOAL_P99)),
+        );
+        let _ = writeln!(
+            out,
+            "*Server CPU per lookup*: the server's CPU time (user and system, all its \
+             threads) over the run, divided by the lookups it answered: the cost of one \
+             request of {batch} addresses, whatever the machine's spare cores.{goal}\n",
+            batch = thousands(o.batch),
+            goal = match cpu_goal(o.batch) {
+                Some(goal) => format!(
+                    " Goal for Hearth at this batch size: under {}: {}.",
+                    micros(Some(goal)),
+                    verdict(cpu_per_lookup(self.hearth).is_some_and(|cpu| cpu < goal))
+                ),
+                None => String::new(),
+            },
         );
     }
 
@@ -265,6 +281,35 @@ impl Report<'_> {
 
     fn runs(&self) -> impl Iterator<Item = &Run> {
         [self.hearth, self.sydent].into_iter().chain(self.large)
+    }
+}
+
+/// Issue 10's goals for server CPU per lookup: 1 address, 1,000 addresses.
+fn cpu_goal(batch: usize) -> Option<Duration> {
+    match batch {
+        1 => Some(Duration::from_micros(50)),
+        1000 => Some(Duration::from_micros(500)),
+        _ => None,
+    }
+}
+
+/// The server's CPU time per lookup answered. The CPU is sampled over
+/// warm-up and measurement alike, at the same load, so its average rate
+/// over the measured throughput is the time per request.
+fn cpu_per_lookup(run: &Run) -> Option<Duration> {
+    let per_second = run.outcome.per_second();
+    (per_second > 0.0).then(|| Duration::from_secs_f64(run.cpu.server / per_second))
+}
+
+fn micros(duration: Option<Duration>) -> String {
+    let Some(duration) = duration else {
+        return "n/a".to_owned();
+    };
+    let us = duration.as_secs_f64() * 1e6;
+    if us < 10_000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.1} ms", us / 1000.0)
     }
 }
 

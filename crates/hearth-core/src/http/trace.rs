@@ -42,7 +42,7 @@ pub(super) fn method_label(method: &Method) -> &'static str {
 fn make_span<B>(request: &HttpRequest<B>) -> tracing::Span {
     tracing::info_span!(
         "request",
-        method = method_label(request.method()),
+        method = %method_label(request.method()),
         route = %route(request),
         client_ip = tracing::field::Empty,
     )
