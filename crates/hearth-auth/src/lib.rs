@@ -365,4 +365,49 @@ mod tests {
         assert_eq!(err.status, http::StatusCode::BAD_REQUEST, "{err}");
         assert_eq!(err.errcode, hearth_core::ErrCode::INVALID_PARAM, "{err}");
     }
+
+    /// A log line writer into a shared buffer, for the test below.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 10 item 6: every failed `/account/register` was logged at
+    /// ERROR. A homeserver that does not answer was named by the client:
+    /// `info` at most, and never the token.
+    #[tokio::test]
+    async fn an_unreachable_homeserver_is_logged_at_info_at_most() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let (db, _dir) = hearth_core::storage::testing::sqlite(&crate::SCHEMA).await;
+        let auth = instance(&db);
+        // Only what registering logs.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let credentials: OpenIdCredentials = serde_json::from_value(serde_json::json!({
+            "access_token": "SECRETOPENIDTOKEN",
+            "matrix_server_name": "nowhere.example.org",
+        }))
+        .unwrap();
+        let err = auth.register(&credentials).await.unwrap_err();
+        assert_eq!(err.status, http::StatusCode::BAD_GATEWAY, "{err}");
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("could not reach the homeserver"), "{log}");
+        for level in ["WARN", "ERROR"] {
+            assert!(!log.contains(level), "{log}");
+        }
+        assert!(!log.contains("SECRETOPENIDTOKEN"), "{log}");
+    }
 }

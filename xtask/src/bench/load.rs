@@ -155,7 +155,9 @@ impl Shared {
     /// A new batch: bound and absent addresses drawn at random, so no two
     /// requests are alike and no cache sees the same batch twice.
     fn batch(&self, rng: &mut SplitMix64) -> Batch {
-        let bound_count = self.batch / 2;
+        // Rounded up, so a batch of one (issue 10's per-request overhead)
+        // is a lookup that finds someone.
+        let bound_count = self.batch.div_ceil(2);
         let absent_count = self.batch - bound_count;
         let mut bound: Vec<usize> = (0..bound_count)
             .map(|_| rng.below(self.hashes.bound.len()))

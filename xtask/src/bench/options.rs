@@ -19,7 +19,8 @@ options:
   --associations N   associations both servers hold (default 100000)
   --large N          associations in the Hearth-only scenario
                      (default 1000000; 0 skips the scenario)
-  --batch N          addresses per lookup, half bound, half not (default 1000)
+  --batch N          addresses per lookup, half bound (rounded up), half not
+                     (default 1000; 1 measures the cost of a request itself)
   --concurrency N    connections, each with one request in flight (default 4)
   --warmup SECS      unmeasured load before each measurement (default 2)
   --duration SECS    measured time per server (default 20)
@@ -99,8 +100,8 @@ impl Options {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.associations == 0 || self.batch < 2 || self.concurrency == 0 {
-            bail!("--associations and --concurrency must be at least 1, --batch at least 2");
+        if self.associations == 0 || self.batch == 0 || self.concurrency == 0 {
+            bail!("--associations, --batch and --concurrency must be at least 1");
         }
         if self.duration.is_zero() {
             bail!("--duration must be more than 0");
@@ -171,6 +172,9 @@ mod tests {
         assert!(parse(&["--concurrency"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--batch", "many"]).is_err());
+        assert!(parse(&["--batch", "0"]).is_err());
+        // Issue 10 measures the cost of a request at one address.
+        assert_eq!(parse(&["--batch", "1"]).unwrap().unwrap().batch, 1);
         assert!(parse(&["--duration", "-1"]).is_err());
         assert!(parse(&["--fast"]).is_err());
     }

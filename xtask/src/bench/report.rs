@@ -193,7 +193,7 @@ impl Report<'_> {
 
     fn parameters(&self, out: &mut String) {
         let o = self.options;
-        let half = o.batch / 2;
+        let half = o.batch.div_ceil(2);
         let _ = writeln!(
             out,
             "## Parameters\n\n\
