@@ -9,23 +9,6 @@ use hearth_core::storage::Database;
 use hearth_core::time::now_ms;
 use sqlx::Row;
 
-/// Creates the table when missing. Common SQL for SQLite and PostgreSQL.
-pub(crate) async fn ensure_schema(db: &Database) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS integrations_assets_state (
-            user_id TEXT NOT NULL,
-            widget_type TEXT NOT NULL,
-            widget_id TEXT NOT NULL,
-            state TEXT NOT NULL,
-            updated_ts BIGINT NOT NULL,
-            PRIMARY KEY (user_id, widget_type, widget_id)
-        )",
-    )
-    .execute(db.pool())
-    .await?;
-    Ok(())
-}
-
 pub(crate) async fn set_state(
     db: &Database,
     user_id: &UserId,

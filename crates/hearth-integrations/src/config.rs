@@ -23,6 +23,9 @@ pub struct Config {
     pub bots: Vec<BotConfig>,
     /// Bounds of `widgets/title_lookup` fetches.
     pub title_lookup: TitleLookupConfig,
+    /// A directory whose `ui.html`, `frame.html` or `jitsi.html` replace
+    /// the built-in pages (to brand them).
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -34,6 +37,7 @@ impl Default for Config {
             widgets: WidgetsConfig::default(),
             bots: Vec::new(),
             title_lookup: TitleLookupConfig::default(),
+            templates_dir: None,
         }
     }
 }
@@ -92,7 +96,8 @@ pub struct BotConfig {
 pub struct TitleLookupConfig {
     /// The whole fetch, redirects included.
     pub timeout: Duration,
-    /// Pages larger than this are not read.
+    /// Pages larger than this are refused; `federation.max_response_size`
+    /// bounds every outbound answer too.
     pub max_page_size: hearth_core::config::ByteSize,
 }
 

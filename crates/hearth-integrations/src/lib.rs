@@ -26,10 +26,20 @@ use axum::extract::FromRef;
 use axum::routing::{get, post};
 use hearth_auth::Auth;
 use hearth_core::ids::ServerName;
-use hearth_core::storage::Database;
-use hearth_federation::FederationClient;
+use hearth_core::storage::{Database, Migration, Schema};
+use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError};
 use std::ops::Deref;
 use std::sync::Arc;
+
+/// This crate's tables, after those of `hearth-auth` (tokens, terms).
+pub static SCHEMA: Schema = Schema {
+    component: "integrations",
+    depends_on: &[&hearth_auth::SCHEMA],
+    migrations: &[Migration {
+        description: "widget asset state",
+        sql: include_str!("../migrations/0001_assets_state.sql"),
+    }],
+};
 
 /// The name under which this service keeps tokens and terms acceptances.
 pub const SERVICE: &str = "integrations";
@@ -66,14 +76,6 @@ impl FromRef<IntegrationsState> for Auth {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("integrations: {0}")]
-    Config(String),
-    #[error("integrations: {0}")]
-    Storage(#[from] sqlx::Error),
-}
-
 fn public_base_url(server_name: &ServerName, config: &Config) -> String {
     config
         .public_base_url
@@ -83,59 +85,108 @@ fn public_base_url(server_name: &ServerName, config: &Config) -> String {
         .to_owned()
 }
 
-/// Checks the config without opening anything (for `hearth config check`).
-pub fn check(server_name: &ServerName, config: &Config) -> Result<(), BuildError> {
+/// Checks the config without opening anything (for `hearth config check`):
+/// the base URL, terms, catalog (bot avatars included) and templates.
+pub fn check(server_name: &ServerName, config: &Config) -> Result<(), ServiceError> {
     let base = public_base_url(server_name, config);
     url::Url::parse(&base)
         .ok()
         .filter(|u| matches!(u.scheme(), "https" | "http") && u.path() == "/")
         .ok_or_else(|| {
-            BuildError::Config(format!(
-                "public_base_url {base:?} must be an http(s) URL with no path: Element calls the terms API at the host's root"
+            ServiceError::Config(format!(
+                "integrations.public_base_url {base:?}: give an http(s) URL with no path; \
+                 Element calls the terms API at the root of the REST URL's host"
             ))
         })?;
-    hearth_auth::Terms::new(SERVICE, &config.auth.terms, &base).map_err(BuildError::Config)?;
-    catalog::Catalog::new(&config.widgets, &config.bots, &base).map_err(BuildError::Config)?;
+    hearth_auth::Terms::new(SERVICE, &config.auth.terms, &base).map_err(ServiceError::Config)?;
+    catalog::Catalog::new(&config.widgets, &config.bots, &base)
+        .map_err(|e| ServiceError::Config(format!("integrations.{e}")))?;
+    ui::Pages::new(config.templates_dir.as_deref())?;
     Ok(())
 }
 
-/// Builds the service: checks the config, makes sure its table exists, and
-/// loads the catalog (bot avatars included). `pages` fetches pages for
-/// `title_lookup`.
-pub async fn build(
-    server_name: ServerName,
-    db: Database,
-    federation: FederationClient,
-    pages: PageFetcher,
-    config: Config,
-) -> Result<IntegrationsState, BuildError> {
-    check(&server_name, &config)?;
-    let public_base_url = public_base_url(&server_name, &config);
+/// Builds the service from its section and the shared context: tokens and
+/// terms through `hearth-auth`, page titles through the guarded outbound
+/// client.
+pub fn build(config: &Config, ctx: &Context) -> Result<IntegrationsState, ServiceError> {
+    check(&ctx.server_name, config)?;
+    let public_base_url = public_base_url(&ctx.server_name, config);
     let auth = Auth::new(
         SERVICE,
-        db.clone(),
-        federation,
+        ctx.db.clone(),
+        ctx.federation.clone(),
         &config.auth,
         &public_base_url,
         // Element sends the token as `?scalar_token=` to every legacy route.
         &["scalar_token"],
     )
-    .map_err(BuildError::Config)?;
-    assets::ensure_schema(&db).await?;
+    .map_err(ServiceError::Config)?;
     let catalog = catalog::Catalog::new(&config.widgets, &config.bots, &public_base_url)
-        .map_err(BuildError::Config)?;
-    let ui = ui::Pages::new().map_err(BuildError::Config)?;
+        .map_err(|e| ServiceError::Config(format!("integrations.{e}")))?;
+    let ui = ui::Pages::new(config.templates_dir.as_deref())?;
     Ok(IntegrationsState(Arc::new(Integrations {
-        server_name,
-        public_base_url,
-        db,
+        server_name: ctx.server_name.clone(),
+        pages: PageFetcher::new(ctx.outbound.clone(), &config.title_lookup),
+        db: ctx.db.clone(),
         auth,
-        config,
-        pages,
         catalog,
         ui,
         titles: scalar::TitleCache::default(),
+        public_base_url,
+        config: config.clone(),
     })))
+}
+
+impl Service for Config {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn check(&self, server_name: &ServerName) -> Result<(), ServiceError> {
+        check(server_name, self)
+    }
+
+    fn build<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<Parts, ServiceError>> {
+        Box::pin(async move {
+            let state = build(self, ctx)?;
+            let base = &state.public_base_url;
+            Ok(Parts {
+                routes: Some(Routes {
+                    router: router(state.clone()),
+                    policy: HttpPolicy::from_http(&ctx.http),
+                }),
+                tasks: Vec::new(),
+                summary: vec![format!(
+                    "integrations  Element's integrations_ui_url {base}/element, integrations_rest_url {base}/api"
+                )],
+                advice: advice(self),
+            })
+        })
+    }
+}
+
+fn advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    if config.auth.terms.policies.is_empty() {
+        advice.push(
+            "publish terms of service for the integration manager (integrations.auth.terms)"
+                .to_owned(),
+        );
+    }
+    if config.widgets.jitsi_domain.is_none() {
+        advice.push(
+            "name your Jitsi server (integrations.widgets.jitsi_domain) to offer calls".to_owned(),
+        );
+    }
+    advice
 }
 
 /// The Scalar-compatible REST API, relative to Element's
@@ -164,5 +215,6 @@ pub fn router(state: IntegrationsState) -> Router {
         .nest("/_matrix/integrations/v1", v1)
         .route("/.well-known/matrix/integrations", get(scalar::well_known))
         .merge(ui::routes())
+        .merge(state.auth.terms_document_route())
         .with_state(state)
 }

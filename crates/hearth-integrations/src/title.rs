@@ -1,17 +1,15 @@
 //! Fetching a user-given page for `widgets/title_lookup`, and finding its
 //! title. The URL comes from a user, so every hop (redirects included)
-//! goes through the federation crate's address guard, and the whole fetch
-//! is bounded in time and size. [`PageFetcher::fetch`] is the only place
-//! that touches the network.
+//! goes through the shared guarded client (`hearth_federation::Outbound`:
+//! address guard, time and size bounds), never as a trusted destination;
+//! the whole lookup has its own time bound on top. [`PageFetcher::fetch`]
+//! is the only place that touches the network.
 
 use crate::config::TitleLookupConfig;
 use bytes::Bytes;
-use hearth_federation::connect::{
-    ConnectError, Connector, ConnectorSettings, Destination, Dns, root_store,
-};
-use http::{Request, StatusCode};
-use http_body_util::Full;
-use std::sync::Arc;
+use hearth_federation::connect::ConnectError;
+use hearth_federation::outbound::{Outbound, OutboundError, Target};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::time::Duration;
 use url::Url;
 
@@ -22,11 +20,13 @@ pub(crate) enum FetchError {
     #[error("only http and https URLs can be looked up")]
     Scheme,
     #[error("{0}")]
-    Connect(#[from] ConnectError),
+    Outbound(#[from] OutboundError),
     #[error("the page answered {0}")]
     Status(StatusCode),
     #[error("too many redirects")]
     Redirects,
+    #[error("the page is larger than {0} bytes")]
+    TooLarge(usize),
     #[error("timed out")]
     Timeout,
 }
@@ -36,39 +36,30 @@ impl FetchError {
     pub(crate) fn is_refused(&self) -> bool {
         matches!(
             self,
-            Self::Scheme | Self::Connect(ConnectError::ForbiddenAddress(_))
+            Self::Scheme
+                | Self::Outbound(
+                    OutboundError::BadUrl(_)
+                        | OutboundError::Connect(ConnectError::ForbiddenAddress(_))
+                )
         )
     }
 }
 
-/// Fetches pages, refusing private addresses unless built for tests.
+/// Fetches pages through the guarded outbound client.
 #[derive(Debug, Clone)]
 pub struct PageFetcher {
-    connector: Connector,
+    outbound: Outbound,
     timeout: Duration,
+    max_size: usize,
 }
 
 impl PageFetcher {
-    /// `allow_private` is for tests whose pages live on loopback.
-    pub fn new(
-        dns: Arc<dyn Dns>,
-        config: &TitleLookupConfig,
-        allow_private: bool,
-    ) -> Result<Self, String> {
-        let connector = Connector::new(
-            dns,
-            root_store(None)?,
-            ConnectorSettings {
-                allow_private,
-                connect_timeout: config.timeout.0,
-                request_timeout: config.timeout.0,
-                max_response_size: config.max_page_size.0,
-            },
-        );
-        Ok(Self {
-            connector,
+    pub fn new(outbound: Outbound, config: &TitleLookupConfig) -> Self {
+        Self {
+            outbound,
             timeout: config.timeout.0,
-        })
+            max_size: config.max_page_size.0,
+        }
     }
 
     /// The body of `url` after at most three redirects, each hop guarded.
@@ -80,17 +71,17 @@ impl PageFetcher {
 
     async fn follow(&self, mut url: Url) -> Result<Bytes, FetchError> {
         for _ in 0..=MAX_REDIRECTS {
-            let destination = destination(&url)?;
-            let path = match url.query() {
-                Some(q) => format!("{}?{q}", url.path()),
-                None => url.path().to_owned(),
-            };
-            let request = Request::get(path)
-                .header(http::header::ACCEPT, "text/html")
-                .header(http::header::USER_AGENT, "Hearth title lookup")
-                .body(Full::new(Bytes::new()))
-                .map_err(|_| FetchError::Scheme)?;
-            let response = self.connector.send(&destination, request).await?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(FetchError::Scheme);
+            }
+            // A user's URL: never trusted past the private-address guard.
+            let target = Target::parse(url.as_str(), false)?;
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/html"));
+            let response = self
+                .outbound
+                .send(Method::GET, &target, headers, Bytes::new())
+                .await?;
             if response.status.is_redirection() {
                 url = response
                     .headers
@@ -103,31 +94,13 @@ impl PageFetcher {
             if !response.status.is_success() {
                 return Err(FetchError::Status(response.status));
             }
+            if response.body.len() > self.max_size {
+                return Err(FetchError::TooLarge(self.max_size));
+            }
             return Ok(response.body);
         }
         Err(FetchError::Redirects)
     }
-}
-
-fn destination(url: &Url) -> Result<Destination, FetchError> {
-    let plain_http = match url.scheme() {
-        "https" => false,
-        "http" => true,
-        _ => return Err(FetchError::Scheme),
-    };
-    let host = url.host_str().ok_or(FetchError::Scheme)?.to_owned();
-    let port = url.port_or_known_default().ok_or(FetchError::Scheme)?;
-    let host_header = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    Ok(Destination {
-        endpoints: vec![(host.clone(), port)],
-        tls_name: host,
-        host_header,
-        plain_http,
-        trusted: false,
-    })
 }
 
 /// The page's title: `og:title` when present (what previews show), else
@@ -238,20 +211,5 @@ mod tests {
         assert_eq!(find_title(b"<title>  </title>"), None);
         let long = format!("<title>{}</title>", "x".repeat(500));
         assert_eq!(find_title(long.as_bytes()).unwrap().len(), 200);
-    }
-
-    #[test]
-    fn destinations_follow_the_url() {
-        let d = destination(&Url::parse("http://example.org:8080/a?b").unwrap()).unwrap();
-        assert_eq!(d.endpoints, vec![("example.org".to_owned(), 8080)]);
-        assert_eq!(d.host_header, "example.org:8080");
-        assert!(d.plain_http && !d.trusted);
-        let d = destination(&Url::parse("https://example.org/").unwrap()).unwrap();
-        assert_eq!(d.endpoints, vec![("example.org".to_owned(), 443)]);
-        assert!(!d.plain_http);
-        assert!(matches!(
-            destination(&Url::parse("ftp://example.org/").unwrap()),
-            Err(FetchError::Scheme)
-        ));
     }
 }

@@ -12,10 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hearth_auth::TermsAccepted;
 use hearth_core::http::Query;
+use hearth_core::templates::Templates;
 use hearth_core::{ErrCode, MatrixError};
+use hearth_service::ServiceError;
 use http::{HeaderValue, StatusCode, header};
-use minijinja::{Environment, context};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 const UI_TEMPLATE: &str = include_str!("../templates/ui.html");
 const FRAME_TEMPLATE: &str = include_str!("../templates/frame.html");
@@ -30,36 +32,30 @@ const WIDGET_CSS: &str = include_str!("../static/widget.css");
 const UI_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors *";
 
+/// The page templates, built in and overridable from `templates_dir`.
 #[derive(Debug)]
-pub(crate) struct Pages {
-    env: Environment<'static>,
-}
+pub(crate) struct Pages(Templates);
 
 impl Pages {
-    pub(crate) fn new() -> Result<Self, String> {
-        let mut env = Environment::new();
-        for (name, source) in [
+    pub(crate) fn new(dir: Option<&std::path::Path>) -> Result<Self, ServiceError> {
+        static BUILT_IN: [(&str, &str); 3] = [
             ("ui.html", UI_TEMPLATE),
             ("frame.html", FRAME_TEMPLATE),
             ("jitsi.html", JITSI_TEMPLATE),
-        ] {
-            env.add_template(name, source)
-                .map_err(|e| format!("template {name}: {e}"))?;
-        }
-        Ok(Self { env })
+        ];
+        Templates::load(
+            &BUILT_IN,
+            dir,
+            "integrations.templates_dir",
+            serde_json::Map::new(),
+        )
+        .map(Self)
+        .map_err(|e| ServiceError::Config(e.to_string()))
     }
 
-    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, MatrixError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| MatrixError::internal(format_args!("rendering {name}: {e}")))
+    fn render(&self, name: &str, context: &serde_json::Value) -> Result<String, MatrixError> {
+        self.0.render(name, context)
     }
-}
-
-/// A serializable value for a template context.
-fn ser<T: Serialize>(value: &T) -> minijinja::Value {
-    minijinja::Value::from(minijinja::value::Serde(value))
 }
 
 pub(crate) fn routes() -> Router<IntegrationsState> {
@@ -261,24 +257,28 @@ async fn manager(
         Err(_) => ("signed_out", StatusCode::UNAUTHORIZED, None, Vec::new()),
     };
     let terms_urls: Vec<String> = policies.iter().map(|p| p.url.clone()).collect();
+    // For the script, in an attribute: escaped like any value, and no
+    // inline script for the CSP to allow.
+    let script_config = json!({
+        "widgets_base": catalog.widgets_base,
+        "jitsi_domain": catalog.jitsi_domain,
+        "etherpad_url": catalog.etherpad_url,
+        "terms_urls": terms_urls,
+    })
+    .to_string();
     let body = state.ui.render(
         "ui.html",
-        context! {
-            view,
-            theme,
-            room_name => opening.room_name,
-            user_id => user_id.as_ref().map(|u| u.as_str()),
-            policies => ser(&policies),
-            kinds => ser(&kinds),
-            open,
-            bots => ser(&catalog.bots),
-            script => ser(&serde_json::json!({
-                "widgets_base": catalog.widgets_base,
-                "jitsi_domain": catalog.jitsi_domain,
-                "etherpad_url": catalog.etherpad_url,
-                "terms_urls": terms_urls,
-            })),
-        },
+        &json!({
+            "view": view,
+            "theme": theme,
+            "room_name": opening.room_name,
+            "user_id": user_id.as_ref().map(|u| u.as_str()),
+            "policies": policies,
+            "kinds": kinds,
+            "open": open,
+            "bots": catalog.bots,
+            "config": script_config,
+        }),
     )?;
     Ok(page(status, UI_CSP, body))
 }
@@ -346,11 +346,11 @@ fn frame_page(
     };
     let body = state.ui.render(
         "frame.html",
-        context! {
-            src => target.as_ref().map(url::Url::as_str),
-            title => title.filter(|t| !t.is_empty()).unwrap_or_else(|| "Widget".to_owned()),
-            problem,
-        },
+        &json!({
+            "src": target.as_ref().map(url::Url::as_str),
+            "title": title.filter(|t| !t.is_empty()).unwrap_or_else(|| "Widget".to_owned()),
+            "problem": problem,
+        }),
     )?;
     Ok(page(status, &frame_csp(frame_src), body))
 }
@@ -405,7 +405,9 @@ async fn jitsi(State(state): State<IntegrationsState>) -> Result<Response, Matri
             "No Jitsi server is configured",
         ));
     };
-    let body = state.ui.render("jitsi.html", context! { domain })?;
+    let body = state
+        .ui
+        .render("jitsi.html", &json!({ "domain": domain }))?;
     let csp = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; frame-src https://{domain}; \
          base-uri 'none'; form-action 'none'; frame-ancestors *"
@@ -430,6 +432,6 @@ mod tests {
 
     #[test]
     fn templates_compile() {
-        Pages::new().unwrap();
+        Pages::new(None).unwrap();
     }
 }

@@ -12,7 +12,7 @@
   const roomId = params.get("room_id") || "";
   const roomName = params.get("room_name") || "";
   const integId = params.get("integ_id") || "";
-  const config = JSON.parse($("#config").textContent);
+  const config = JSON.parse(document.body.dataset.config);
   const view = document.body.dataset.view;
   const status = $("#status");
 

@@ -145,13 +145,13 @@ async fn screen_opens_the_editor_and_jitsi_needs_a_domain() {
         assert!(
             html.contains(r#"data-kind="dashboard" aria-labelledby="ed-dashboard-h" novalidate>"#)
         );
-        let start = html
-            .find(r#"<script type="application/json" id="config">"#)
-            .unwrap();
-        let json = &html[start..];
-        let json = &json[json.find('>').unwrap() + 1..json.find("</script>").unwrap()];
+        // The script's settings, HTML-escaped in an attribute.
+        let start = html.find("data-config=\"").unwrap() + "data-config=\"".len();
+        let json = html[start..start + html[start..].find('"').unwrap()]
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
         assert_eq!(
-            serde_json::from_str::<serde_json::Value>(json).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&json).unwrap(),
             serde_json::json!({
                 "widgets_base": "https://im.test/widgets",
                 "jitsi_domain": "meet.example.org",

@@ -14,11 +14,13 @@ use axum::extract::Query;
 use axum::routing::get;
 use hearth_auth::{PolicyConfig, PolicyLanguage};
 use hearth_core::ids::ServerName;
+use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, testing};
 use hearth_federation::config::ServerOverride;
 use hearth_federation::connect::{Dns, SrvTarget};
 use hearth_federation::{BoxFuture, FederationClient, FederationConfig};
-use hearth_integrations::{Config, IntegrationsState, PageFetcher, TitleLookupConfig};
+use hearth_integrations::{Config, IntegrationsState, TitleLookupConfig};
+use hearth_service::Service;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -35,7 +37,7 @@ pub(crate) const TERMS_URL: &str = "https://im.test/terms/im-privacy-1-en.html";
 
 /// Every database backend of this run, fresh and migrated.
 pub(crate) async fn backends() -> Vec<(Database, Option<tempfile::TempDir>)> {
-    testing::all().await
+    testing::all(&hearth_integrations::SCHEMA).await
 }
 
 /// One policy (`TERMS_URL`), the default catalog plus a Jitsi domain.
@@ -168,8 +170,11 @@ impl Drop for Harness {
 }
 
 impl Harness {
-    /// Title lookups may reach loopback when `allow_private` (so a local page
-    /// server can stand in for the web); otherwise the guard applies.
+    /// Built through the service contract (`Service::build` on the shared
+    /// context, then `public_app` with the policy it asks for), as the
+    /// binary does. Title lookups may reach loopback when `allow_private`
+    /// (so a local page server stands in for the web); otherwise the
+    /// guard applies.
     pub(crate) async fn start(
         db: Database,
         db_dir: Option<tempfile::TempDir>,
@@ -177,25 +182,35 @@ impl Harness {
         allow_private: bool,
     ) -> Self {
         let (hs_url, homeserver) = fake_homeserver().await;
-        let mut federation = FederationConfig::default();
+        let mut federation = FederationConfig {
+            allow_private_addresses: allow_private,
+            ..FederationConfig::default()
+        };
         federation
             .overrides
             .insert(HOMESERVER.to_owned(), ServerOverride { url: hs_url });
         let federation = FederationClient::new(&federation, Arc::new(NoDns), None).unwrap();
-        let pages = PageFetcher::new(Arc::new(NoDns), &config.title_lookup, allow_private).unwrap();
-        let state = hearth_integrations::build(
+        let http = hearth_core::config::HttpConfig::default();
+        let ctx = hearth_service::Context::new(
             ServerName::parse(SERVER_NAME).unwrap(),
+            KeyRing {
+                current: vec![SigningKey::generate()],
+                old: Vec::new(),
+            },
             db,
             federation,
-            pages,
-            config,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
-        let app = hearth_core::http::public_app(
-            hearth_integrations::router(state.clone()),
-            &hearth_core::config::HttpConfig::default(),
+            http.clone(),
+            std::env::temp_dir(),
+            hearth_service::Shutdown::new().1,
         );
+        let state = hearth_integrations::build(&config, &ctx)
+            .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
+        let parts = config
+            .build(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
+        let routes = parts.routes.expect("the integration manager serves HTTP");
+        let app = hearth_core::http::public_app([(routes.router, routes.policy)], &http);
         Self {
             state,
             app,
