@@ -1,0 +1,155 @@
+// Drives headless Debian Chromium through the integration manager UI, in
+// the harness page that plays Element. Talks to the Rust test on stdio:
+// after each step it prints `STEP <name> <json>` and waits for a line
+// `ok` (the test checks Synapse's state meanwhile), or `stop`.
+// Usage: node drive.mjs <settings.json>; playwright-core from NODE_PATH.
+import { createRequire } from "node:module";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { tmpdir } from "node:os";
+import { createInterface } from "node:readline";
+
+const settings = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const require = createRequire(join(settings.playwright_dir, "noop.js"));
+const { chromium } = require("playwright-core");
+
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function step(name, data = {}) {
+  process.stdout.write("STEP " + name + " " + JSON.stringify(data) + "\n");
+  const { value, done } = await lines.next();
+  if (done || value.trim() !== "ok") throw new Error("the test stopped after " + name + ": " + value);
+}
+
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const harnessUrl = (user) => settings.harness + "#" + encodeURIComponent(JSON.stringify(user));
+let shot = 0;
+const screenshot = (page, name) => page.screenshot({ path: join(settings.artifacts, String(++shot).padStart(2, "0") + "-" + name + ".png"), fullPage: true });
+
+async function main() {
+  // A fresh profile each run (--user-data-dir), headless.
+  const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "hearth-chromium-")), {
+    executablePath: settings.chromium, headless: true, args: FLAGS, viewport: { width: 820, height: 960 },
+  });
+  context.setDefaultTimeout(30000);
+  try {
+    const page = await context.newPage();
+    const consoleErrors = [];
+    // Script errors and CSP violations anywhere. Statuses are not errors
+    // here: the Element stand-in gets its expected 403 (terms) and 404s
+    // (state not set yet) like Element does.
+    page.on("console", (m) => {
+      if (m.type() === "error" && !/^Failed to load resource: the server responded with a status of 40[34]/.test(m.text())) consoleErrors.push(m.text());
+    });
+    page.on("pageerror", (e) => consoleErrors.push(String(e)));
+    await page.goto(harnessUrl(settings.alice));
+    const im = page.frameLocator("#im");
+    const status = im.locator("#status");
+
+    // The UI's own terms flow.
+    await im.getByRole("button", { name: "Accept and continue" }).waitFor();
+    await screenshot(page, "terms");
+    const accountBefore = await page.evaluate(() => window.harness.accountBefore);
+    await im.getByRole("button", { name: "Accept and continue" }).click();
+    await im.locator('body[data-view="manager"]').waitFor();
+    await im.locator("#widgets[aria-busy=false]").waitFor();
+    await im.locator(".bot .state", { hasText: "Not in this room" }).waitFor();
+    await screenshot(page, "manager");
+    await step("connected", { accountBefore });
+
+    // Add a Jitsi widget, by keyboard: the card, then the form.
+    await im.getByRole("button", { name: /Jitsi conference/ }).focus();
+    await page.keyboard.press("Enter");
+    await im.getByRole("textbox", { name: "Name" }).first().waitFor();
+    await im.locator("#ed-jitsi").getByRole("button", { name: "Add to room" }).click();
+    await status.filter({ hasText: "Added Jitsi." }).waitFor();
+    await im.getByRole("button", { name: "Edit Jitsi" }).waitFor();
+    await screenshot(page, "jitsi-added");
+    let harness = await page.evaluate(() => window.harness);
+    const added = harness.log.filter((m) => m.action === "set_widget").at(-1);
+    await step("added", { request: added, write: harness.writes.at(-1) });
+
+    // Edit: new name, voice only.
+    await im.getByRole("button", { name: "Edit Jitsi" }).click();
+    const form = im.locator("#ed-jitsi");
+    await form.getByRole("textbox", { name: "Name" }).fill("Team call");
+    await form.getByRole("checkbox", { name: /Voice only/ }).check();
+    await form.getByRole("button", { name: "Save" }).click();
+    await status.filter({ hasText: "Saved Team call." }).waitFor();
+    await im.getByRole("button", { name: "Edit Team call" }).waitFor();
+    await screenshot(page, "jitsi-edited");
+    harness = await page.evaluate(() => window.harness);
+    await step("edited", { request: harness.log.filter((m) => m.action === "set_widget").at(-1), write: harness.writes.at(-1) });
+
+    // Remove.
+    await im.getByRole("button", { name: "Remove Team call" }).click();
+    await status.filter({ hasText: "Removed Team call." }).waitFor();
+    await im.locator("#widgets .empty").waitFor();
+    await screenshot(page, "jitsi-removed");
+    harness = await page.evaluate(() => window.harness);
+    await step("removed", { request: harness.log.filter((m) => m.action === "set_widget").at(-1), write: harness.writes.at(-1) });
+
+    // The bot: invite, then kick.
+    await im.getByRole("button", { name: "Add Echo" }).click();
+    await status.filter({ hasText: "Invited Echo." }).waitFor();
+    await im.locator(".bot .state", { hasText: "Invited" }).waitFor();
+    await screenshot(page, "bot-invited");
+    await step("invited");
+    await im.getByRole("button", { name: "Remove Echo" }).click();
+    await status.filter({ hasText: "Removed Echo." }).waitFor();
+    await im.locator(".bot .state", { hasText: "Not in this room" }).waitFor();
+    await screenshot(page, "bot-removed");
+    await step("kicked");
+
+    // Close: close_scalar, answered with null.
+    await im.getByRole("button", { name: "Close" }).click();
+    await page.waitForFunction(() => window.harness.closed);
+    harness = await page.evaluate(() => window.harness);
+    const everyRequest = harness.log.map((m) => ({ action: m.action, request_id: m.request_id, has_api: "api" in m }));
+    await step("closed", { close: harness.log.at(-1), requests: everyRequest, consoleErrors });
+
+    // A member without power: the UI explains instead of failing later.
+    const weak = await context.newPage();
+    await weak.goto(harnessUrl(settings.bob));
+    const weakIm = weak.frameLocator("#im");
+    await weakIm.getByRole("button", { name: "Accept and continue" }).click();
+    const power = weakIm.locator("#power");
+    await power.waitFor();
+    await screenshot(weak, "no-power");
+    const addDisabled = await weakIm.getByRole("button", { name: /Jitsi conference/ }).isDisabled();
+    await step("no-power", { text: await power.textContent(), addDisabled });
+
+    // Dark theme, as Element's `theme` asks.
+    const dark = await context.newPage();
+    await dark.goto(harnessUrl({ ...settings.alice, theme: "dark" }));
+    await dark.frameLocator("#im").locator("html[data-theme=dark] #widgets[aria-busy=false]").waitFor();
+    await screenshot(dark, "dark");
+    await dark.close();
+  } finally {
+    await context.close();
+  }
+
+  // First load in a fresh browser (empty cache): what the UI transfers.
+  const browser = await chromium.launch({ executablePath: settings.chromium, headless: true, args: FLAGS });
+  try {
+    const page = await (await browser.newContext()).newPage();
+    const uiOrigin = new URL(settings.alice.ui).origin;
+    const seen = [];
+    page.on("requestfinished", async (request) => {
+      if (new URL(request.url()).origin !== uiOrigin || request.frame() === page.mainFrame()) return;
+      seen.push(request.sizes().then((s) => ({ url: new URL(request.url()).pathname, bytes: s.responseBodySize + s.responseHeadersSize })));
+    });
+    await page.goto(harnessUrl(settings.alice));
+    await page.frameLocator("#im").locator("#widgets[aria-busy=false]").waitFor();
+    await page.frameLocator("#im").locator(".bot .state", { hasText: "Not in this room" }).waitFor();
+    const firstLoad = await Promise.all(seen);
+    await step("measured", { firstLoad });
+  } finally {
+    await browser.close();
+  }
+}
+
+main().then(() => process.exit(0), (e) => {
+  process.stdout.write("ERROR " + JSON.stringify(String(e && e.stack || e)) + "\n");
+  process.exit(1);
+});
