@@ -174,7 +174,8 @@
       form.elements.name.value = c.name || "";
       if (form.elements.audio) form.elements.audio.checked = d.isAudioOnly === true;
       if (form.elements.pad && d.url && config.etherpad_url) form.elements.pad.value = d.url.slice(config.etherpad_url.length);
-      if (form.elements.url) form.elements.url.value = d.url || "";
+      // Widgets made elsewhere (Element's /addwidget) may keep the page only in `url`.
+      if (form.elements.url) form.elements.url.value = d.url || c.url || "";
     }
     form.hidden = false;
     const card = $(".card[data-kind=" + kind + "]");

@@ -399,3 +399,37 @@ async fn unknown_routes_are_matrix_errors() {
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED");
 }
+
+/// A policy the operator gives as a file is served by Hearth under the
+/// integration manager's own namespace (`/_hearth/terms/integrations/…`),
+/// beside identity's, and that URL is what `GET /terms` lists.
+#[tokio::test]
+async fn file_policies_are_served_under_the_integrations_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tos.html");
+    std::fs::write(&file, "<p>Integration terms</p>").unwrap();
+    for (db, db_dir) in common::backends().await {
+        let mut config = test_config();
+        let policy = config
+            .auth
+            .terms
+            .policies
+            .get_mut("privacy_policy")
+            .unwrap();
+        let en = policy.languages.get_mut("en").unwrap();
+        en.url = None;
+        en.file = Some(file.clone());
+        let h = Harness::start(db, db_dir, config, false).await;
+        let url = "https://im.test/_hearth/terms/integrations/privacy_policy/1/en";
+        let terms = h.get("/_matrix/integrations/v1/terms").await.json();
+        assert_eq!(terms["policies"]["privacy_policy"]["en"]["url"], url);
+        let document = h
+            .get("/_hearth/terms/integrations/privacy_policy/1/en")
+            .await;
+        assert_eq!(document.status, StatusCode::OK);
+        assert_eq!(document.text(), "<p>Integration terms</p>");
+        h.get("/_hearth/terms/identity/privacy_policy/1/en")
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
+    }
+}
