@@ -22,6 +22,7 @@ use hearth_service::Service;
 use http::Request;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -137,7 +138,15 @@ async fn main() {
     let accepted = app.clone().oneshot(request).await.expect("an answer");
     assert!(accepted.status().is_success(), "terms accepted");
 
-    println!("http://{addr}/api/account?v=1.1&scalar_token={token}");
+    // The URL on stdout, for the load generator; it holds a test token.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "http://{addr}/api/account?v=1.1&scalar_token={token}"
+    )
+    .and_then(|()| stdout.flush())
+    .expect("writing the URL");
+    drop(stdout);
     hearth_core::http::serve(
         hearth_core::http::Listener {
             tcp: listener,
