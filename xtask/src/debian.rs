@@ -36,3 +36,15 @@ pub(crate) fn ensure(program: &Path, package: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Installs `package` with apt-get (as root), without recommends.
+pub(crate) fn install(package: &str) -> Result<()> {
+    eprintln!("xtask: installing Debian's {package} with apt-get");
+    let apt = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run_visible(apt().args(["-q", "update"]))?;
+    run_visible(apt().args(["-q", "install", "-y", "--no-install-recommends", package]))
+}
