@@ -184,7 +184,7 @@ fn serve_hearth(
         db.migrate(&hearth_integrations::SCHEMA)
             .await
             .expect("the integrations schema migrates");
-        let dns = hearth_federation::connect::SystemDns::new().expect("the system resolver");
+        let dns = hearth_federation::connect::SystemDns::new(&[]).expect("the system resolver");
         let federation = hearth_federation::FederationClient::new(&federation, Arc::new(dns), None)
             .expect("a federation client");
         let http = hearth_core::config::HttpConfig::default();

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{is_root, output, run_visible};
+use crate::{debian, run_visible};
 
 /// The variables the test reads.
 pub(crate) const CHROMIUM_VAR: &str = "HEARTH_TEST_CHROMIUM";
@@ -30,7 +30,8 @@ impl Browser {
         let chromium = match env::var_os(CHROMIUM_VAR).filter(|p| !p.is_empty()) {
             Some(path) => path.into(),
             None => {
-                ensure_debian_packages(&[(CHROMIUM, "chromium"), ("/usr/bin/npm", "npm")])?;
+                debian::ensure(Path::new(CHROMIUM), "chromium")?;
+                debian::ensure(Path::new("/usr/bin/npm"), "npm")?;
                 PathBuf::from(CHROMIUM)
             }
         };
@@ -42,14 +43,26 @@ impl Browser {
                 if !is_current(&node_modules) {
                     fs::create_dir_all(&dir)
                         .with_context(|| format!("could not create {}", dir.display()))?;
-                    eprintln!("xtask: installing {PLAYWRIGHT} from npm into {}", dir.display());
+                    eprintln!(
+                        "xtask: installing {PLAYWRIGHT} from npm into {}",
+                        dir.display()
+                    );
                     run_visible(
                         Command::new("npm")
-                            .args(["install", "--no-audit", "--no-fund", "--no-save", PLAYWRIGHT])
+                            .args([
+                                "install",
+                                "--no-audit",
+                                "--no-fund",
+                                "--no-save",
+                                PLAYWRIGHT,
+                            ])
                             .current_dir(&dir),
                     )?;
                     if !is_current(&node_modules) {
-                        bail!("npm installed no {PLAYWRIGHT} in {}", node_modules.display());
+                        bail!(
+                            "npm installed no {PLAYWRIGHT} in {}",
+                            node_modules.display()
+                        );
                     }
                 }
                 node_modules
@@ -80,37 +93,4 @@ fn is_current(node_modules: &Path) -> bool {
     let version = PLAYWRIGHT.rsplit('@').next().unwrap_or_default();
     fs::read_to_string(node_modules.join("playwright-core/package.json"))
         .is_ok_and(|text| text.contains(&format!("\"version\": \"{version}\"")))
-}
-
-/// Installs the Debian packages whose files are missing; root only.
-fn ensure_debian_packages(needed: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(file, _)| !Path::new(file).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !is_root()? {
-        bail!(
-            "the browser test needs Debian's {}: install them, or set {CHROMIUM_VAR}",
-            missing.join(" and ")
-        );
-    }
-    eprintln!("xtask: installing {} with apt-get", missing.join(", "));
-    let apt = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    run_visible(apt().args(["-q", "update"]))?;
-    run_visible(
-        apt()
-            .args(["-q", "install", "-y", "--no-install-recommends"])
-            .args(&missing),
-    )?;
-    output(Command::new(CHROMIUM).arg("--version"))
-        .with_context(|| format!("{CHROMIUM} does not run after installing it"))?;
-    Ok(())
 }

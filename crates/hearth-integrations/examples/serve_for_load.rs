@@ -85,7 +85,7 @@ async fn main() {
             url: homeserver_url,
         },
     );
-    let dns = hearth_federation::connect::SystemDns::new().expect("the system resolver");
+    let dns = hearth_federation::connect::SystemDns::new(&[]).expect("the system resolver");
     let federation =
         FederationClient::new(&federation, Arc::new(dns), None).expect("a federation client");
 
