@@ -109,15 +109,19 @@ async function main() {
     await step("closed", { close: harness.log.at(-1), requests: everyRequest, consoleErrors });
 
     // A member without power: the UI explains instead of failing later.
+    // Their client never answers membership_state: the UI says so.
     const weak = await context.newPage();
-    await weak.goto(harnessUrl(settings.bob));
+    await weak.goto(harnessUrl({ ...settings.bob, silent: ["membership_state"] }));
     const weakIm = weak.frameLocator("#im");
     await weakIm.getByRole("button", { name: "Accept and continue" }).click();
     const power = weakIm.locator("#power");
     await power.waitFor();
     await screenshot(weak, "no-power");
     const addDisabled = await weakIm.getByRole("button", { name: /Jitsi conference/ }).isDisabled();
-    await step("no-power", { text: await power.textContent(), addDisabled });
+    const unanswered = weakIm.locator(".bot .state", { hasText: "did not answer" });
+    await unanswered.waitFor();
+    await screenshot(weak, "no-answer");
+    await step("no-power", { text: await power.textContent(), addDisabled, timeout: await unanswered.textContent() });
 
     // Dark theme, as Element's `theme` asks.
     const dark = await context.newPage();

@@ -121,6 +121,8 @@
     if (event.origin !== uiOrigin) return;
     const d = event.data;
     if (!d || !d.action || d.api) return;
+    // A client that never answers some actions, to see the UI time out.
+    if ((cfg.silent || []).includes(d.action)) return;
     try {
       if (d.action === "close_scalar") {
         respond(event, null);

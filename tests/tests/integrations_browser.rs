@@ -14,7 +14,8 @@
 //! 2. a Jitsi widget added (by keyboard), its state content checked byte
 //!    for byte against what Element writes; then edited, then removed;
 //! 3. a bot invited and kicked, its membership read from Synapse;
-//! 4. `close_scalar`; a member without power is told so; dark theme;
+//! 4. `close_scalar`; a member without power is told so, and a reply
+//!    that never comes is shown as an error; dark theme;
 //! 5. the first load's transfer size and request count, from a fresh
 //!    browser.
 //!
@@ -490,6 +491,11 @@ fn element_adds_edits_and_removes_widgets_and_bots_through_the_ui() {
         "{text}"
     );
     assert_eq!(weak["addDisabled"], true);
+    // A reply that never comes ends in a visible error, not a spinner.
+    assert_eq!(
+        weak["timeout"],
+        "Unknown: Your client did not answer (membership_state) within 10 seconds."
+    );
     driver.proceed();
 
     // 5. The first load, from an empty cache.
