@@ -69,6 +69,20 @@ async function main() {
     const added = harness.log.filter((m) => m.action === "set_widget").at(-1);
     await step("added", { request: added, write: harness.writes.at(-1) });
 
+    // Element's widget menu "Edit": screen=type_<type>, integ_id=<widget id>
+    // opens that widget's editor at once.
+    const editEntry = await context.newPage();
+    await editEntry.goto(harnessUrl({ ...settings.alice, screen: "type_jitsi", integ_id: added.widget_id }));
+    const entryForm = editEntry.frameLocator("#im").locator("#ed-jitsi:not([hidden])");
+    await entryForm.getByRole("button", { name: "Save" }).waitFor();
+    await screenshot(editEntry, "edit-entry");
+    await step("edit-entry", {
+      heading: await entryForm.locator("h3").textContent(),
+      name: await entryForm.getByRole("textbox", { name: "Name" }).inputValue(),
+      focused: await editEntry.frameLocator("#im").locator(":focus").getAttribute("name"),
+    });
+    await editEntry.close();
+
     // Edit: new name, voice only.
     await im.getByRole("button", { name: "Edit Jitsi" }).click();
     const form = im.locator("#ed-jitsi");

@@ -169,6 +169,8 @@
       url += "&room_id=" + enc(cfg.room_id);
       url += "&room_name=" + enc(cfg.room_name);
       url += "&theme=" + enc(cfg.theme);
+      if (cfg.integ_id) url += "&integ_id=" + enc(cfg.integ_id);
+      if (cfg.screen) url += "&screen=" + enc(cfg.screen);
       document.getElementById("im").src = url;
       status("opened");
     } catch (e) {

@@ -12,7 +12,9 @@
 //! 1. register, `/account` answers `M_TERMS_NOT_SIGNED`, terms accepted in
 //!    the UI's own flow;
 //! 2. a Jitsi widget added (by keyboard), its state content checked byte
-//!    for byte against what Element writes; then edited, then removed;
+//!    for byte against what Element writes; Element's "Edit" entry
+//!    (`screen=type_jitsi&integ_id=`) opens its editor; then edited and
+//!    removed;
 //! 3. a bot invited and kicked, its membership read from Synapse;
 //! 4. `close_scalar`; a member without power is told so, and a reply
 //!    that never comes is shown as an error; dark theme;
@@ -422,6 +424,12 @@ fn element_adds_edits_and_removes_widgets_and_bots_through_the_ui() {
     let expected = element_jitsi_content(&url, "Jitsi", &conference, false);
     assert_eq!(added["write"]["body"], expected.as_str());
     assert_stored(&alice, &room, &widget_id, &expected);
+    driver.proceed();
+
+    let entry = driver.expect("edit-entry");
+    assert_eq!(entry["heading"], "Edit jitsi conference");
+    assert_eq!(entry["name"], "Jitsi");
+    assert_eq!(entry["focused"], "name", "the editor takes the focus");
     driver.proceed();
 
     let edited = driver.expect("edited");

@@ -62,6 +62,8 @@ impl Pages {
 pub(crate) fn routes() -> Router<IntegrationsState> {
     Router::new()
         .route("/element", get(manager))
+        // Dimension answered at /riot too; its users' configs may say so.
+        .route("/riot", get(manager))
         .route(
             "/element/app.js",
             get(|| async { asset("text/javascript", APP_JS) }),

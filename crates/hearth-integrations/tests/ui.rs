@@ -46,6 +46,11 @@ async fn the_ui_asks_for_terms_before_the_manager() {
         assert!(html.contains("id=\"accept\""));
 
         h.accept_terms(&token).await;
+        let riot = h.get(&format!("/riot?scalar_token={token}&{ROOM}")).await;
+        assert!(
+            riot.page().contains("data-view=\"manager\""),
+            "Dimension's /riot path"
+        );
         let manager = h
             .get(&format!("/element?scalar_token={token}&{ROOM}&theme=dark"))
             .await;
