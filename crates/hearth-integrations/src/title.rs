@@ -8,8 +8,10 @@
 use crate::config::TitleLookupConfig;
 use bytes::Bytes;
 use hearth_federation::connect::ConnectError;
+use hearth_federation::guard;
 use hearth_federation::outbound::{Outbound, OutboundError, Target};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use std::net::IpAddr;
 use std::time::Duration;
 use url::Url;
 
@@ -29,6 +31,8 @@ pub(crate) enum FetchError {
     TooLarge(usize),
     #[error("timed out")]
     Timeout,
+    #[error("private, loopback and link-local addresses are not looked up")]
+    PrivateAddress,
 }
 
 impl FetchError {
@@ -37,6 +41,7 @@ impl FetchError {
         matches!(
             self,
             Self::Scheme
+                | Self::PrivateAddress
                 | Self::Outbound(
                     OutboundError::BadUrl(_)
                         | OutboundError::Connect(ConnectError::ForbiddenAddress(_))
@@ -73,6 +78,18 @@ impl PageFetcher {
         for _ in 0..=MAX_REDIRECTS {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(FetchError::Scheme);
+            }
+            // The operator may let the shared client reach private
+            // addresses (`federation.allow_private_addresses`, for private
+            // federations); a user's URL naming a private IP outright is
+            // refused all the same.
+            let literal = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            };
+            if literal.is_some_and(guard::is_forbidden) {
+                return Err(FetchError::PrivateAddress);
             }
             // A user's URL: never trusted past the private-address guard.
             let target = Target::parse(url.as_str(), false)?;

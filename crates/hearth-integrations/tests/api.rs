@@ -246,7 +246,10 @@ async fn pages() -> (String, tokio::task::JoinHandle<()>) {
 /// lookup served from the cache.
 #[tokio::test]
 async fn title_lookup_returns_the_title_where_element_reads_it() {
-    let (pages, _task) = pages().await;
+    let (loopback, _task) = pages().await;
+    // Reached by name: the harness lets names resolve to loopback, as
+    // `federation.allow_private_addresses` would.
+    let pages = loopback.replace("127.0.0.1", common::PAGES_HOST);
     for (db, dir) in common::backends().await {
         let mut config = test_config();
         config.title_lookup = small_lookups();
@@ -277,6 +280,14 @@ async fn title_lookup_returns_the_title_where_element_reads_it() {
             .await
             .assert_error(status, "M_UNKNOWN");
         }
+
+        // Even so, a URL naming a private address outright is refused.
+        let curl = hearth_core::http::percent_encode(&format!("{loopback}/page"));
+        h.get(&format!(
+            "/api/widgets/title_lookup?scalar_token={token}&curl={curl}"
+        ))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "M_FORBIDDEN");
     }
 }
 
@@ -295,6 +306,8 @@ async fn title_lookup_is_guarded() {
         };
         for private in [
             format!("{pages}/page"),
+            // A name that resolves to loopback, refused when dialled.
+            format!("{}/page", pages.replace("127.0.0.1", common::PAGES_HOST)),
             "http://[::1]/".to_owned(),
             "http://169.254.169.254/latest/meta-data".to_owned(),
             "http://10.0.0.1/".to_owned(),

@@ -3,8 +3,8 @@
 //! in the shared HTTP layers (`public_app`, so CORS and the Matrix fallbacks
 //! are what the binary serves), and driven in-process; a fake homeserver on
 //! 127.0.0.1 vouches for OpenID tokens of `hs.test`, and a page server
-//! serves pages for `title_lookup`. Nothing leaves the machine: DNS answers
-//! nothing, and `hs.test` is a federation override.
+//! serves pages for `title_lookup`. Nothing leaves the machine: DNS knows
+//! only `pages.test` (127.0.0.1), and `hs.test` is a federation override.
 
 #![allow(dead_code)]
 
@@ -17,22 +17,20 @@ use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, testing};
 use hearth_federation::config::ServerOverride;
-use hearth_federation::connect::{Dns, SrvTarget};
-use hearth_federation::{BoxFuture, FederationClient, FederationConfig};
+use hearth_federation::{FederationClient, FederationConfig};
 use hearth_integrations::{Config, IntegrationsState, TitleLookupConfig};
 use hearth_service::Service;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::net::IpAddr;
-use std::sync::Arc;
 use tower::ServiceExt;
 
 pub(crate) const SERVER_NAME: &str = "im.test";
 pub(crate) const PUBLIC_BASE_URL: &str = "https://im.test";
 pub(crate) const HOMESERVER: &str = "hs.test";
+/// A name the test DNS maps to 127.0.0.1, for page servers.
+pub(crate) const PAGES_HOST: &str = "pages.test";
 pub(crate) const TERMS_URL: &str = "https://im.test/terms/im-privacy-1-en.html";
 
 /// Every database backend of this run, fresh and migrated.
@@ -95,21 +93,6 @@ pub(crate) async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) 
         axum::serve(listener, app).await.unwrap();
     });
     (url, task)
-}
-
-/// DNS that knows nothing: every destination in tests is an IP or override.
-#[derive(Debug)]
-pub(crate) struct NoDns;
-
-impl Dns for NoDns {
-    fn srv(&self, _: &str) -> BoxFuture<'_, io::Result<Vec<SrvTarget>>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn ip(&self, host: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
-        let host = host.to_owned();
-        Box::pin(async move { Err(io::Error::other(format!("no DNS in tests: {host}"))) })
-    }
 }
 
 /// An answer from the router.
@@ -189,7 +172,8 @@ impl Harness {
         federation
             .overrides
             .insert(HOMESERVER.to_owned(), ServerOverride { url: hs_url });
-        let federation = FederationClient::new(&federation, Arc::new(NoDns), None).unwrap();
+        let dns = hearth_testkit::federation::fake_dns(&[PAGES_HOST]);
+        let federation = FederationClient::new(&federation, dns, None).unwrap();
         let http = hearth_core::config::HttpConfig::default();
         let ctx = hearth_service::Context::new(
             ServerName::parse(SERVER_NAME).unwrap(),
