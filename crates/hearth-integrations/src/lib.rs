@@ -13,12 +13,14 @@
 mod assets;
 mod catalog;
 mod config;
+mod gdpr;
 mod scalar;
 mod title;
 mod ui;
 
 pub use assets::get_state as asset_state;
 pub use config::{BotConfig, Config, TitleLookupConfig, WidgetsConfig};
+pub use gdpr::{export, forget};
 pub use title::PageFetcher;
 
 use axum::Router;

@@ -446,3 +446,44 @@ async fn file_policies_are_served_under_the_integrations_namespace() {
             .assert_error(StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
     }
 }
+
+/// A user's data on request: tokens, accepted terms and asset states are
+/// exported, then erased; other users' stay.
+#[tokio::test]
+async fn export_and_forget_a_user() {
+    for h in Harness::all().await {
+        let alice_token = h.user("alice").await;
+        let bob_token = h.user("bob").await;
+        for token in [&alice_token, &bob_token] {
+            let response = h
+                .get(&format!(
+                    "/api/widgets/set_assets_state?scalar_token={token}&widget_type=m.stickerpicker&widget_id=s1&state=disable"
+                ))
+                .await;
+            assert_eq!(response.status, StatusCode::OK);
+        }
+        let alice = hearth_core::ids::UserId::parse(ALICE).unwrap();
+        let data = hearth_integrations::export(&h.state, &alice).await.unwrap();
+        assert_eq!(data["user_id"], ALICE);
+        assert_eq!(data["account"]["active_tokens"], 1);
+        assert_eq!(data["account"]["accepted_terms"], json!([TERMS_URL]));
+        let assets = &data["widget_assets"];
+        assert_eq!(assets.as_array().unwrap().len(), 1);
+        assert_eq!(assets[0]["widget_type"], "m.stickerpicker");
+        assert_eq!(assets[0]["widget_id"], "s1");
+        assert_eq!(assets[0]["state"], "disable");
+
+        hearth_integrations::forget(&h.state, &alice).await.unwrap();
+        let data = hearth_integrations::export(&h.state, &alice).await.unwrap();
+        assert_eq!(data["account"]["active_tokens"], 0);
+        assert_eq!(data["account"]["accepted_terms"], json!([]));
+        assert_eq!(data["widget_assets"], json!([]));
+        h.get(&format!("/api/account?scalar_token={alice_token}&v=1.1"))
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED");
+        let bob = h
+            .get(&format!("/api/account?scalar_token={bob_token}&v=1.1"))
+            .await;
+        assert_eq!(bob.json(), json!({"user_id": "@bob:hs.test"}));
+    }
+}
