@@ -61,6 +61,12 @@ async function main() {
     await im.getByRole("button", { name: /Jitsi conference/ }).focus();
     await page.keyboard.press("Enter");
     await im.getByRole("textbox", { name: "Name" }).first().waitFor();
+    // Escape closes the editor and gives the focus back to its card.
+    await page.keyboard.press("Escape");
+    await im.locator("#ed-jitsi").waitFor({ state: "hidden" });
+    await im.locator(".card[data-kind=jitsi]:focus").waitFor();
+    await page.keyboard.press("Enter");
+    await im.getByRole("textbox", { name: "Name" }).first().waitFor();
     await im.locator("#ed-jitsi").getByRole("button", { name: "Add to room" }).click();
     await status.filter({ hasText: "Added Jitsi." }).waitFor();
     await im.getByRole("button", { name: "Edit Jitsi" }).waitFor();

@@ -247,7 +247,14 @@
     if (card.getAttribute("aria-expanded") === "true") { closeEditors(); card.focus(); } else openEditor(card.dataset.kind);
   }));
   $$(".editor").forEach((form) => {
-    $(".cancel", form).addEventListener("click", () => { closeEditors(); say(""); });
+    const cancel = () => {
+      closeEditors();
+      say("");
+      const card = $(".card[data-kind=" + form.dataset.kind + "]");
+      if (card) card.focus();
+    };
+    $(".cancel", form).addEventListener("click", cancel);
+    form.addEventListener("keydown", (event) => { if (event.key === "Escape") cancel(); });
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const kind = form.dataset.kind;
