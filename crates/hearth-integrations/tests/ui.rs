@@ -296,3 +296,27 @@ async fn jitsi_wrapper_frames_only_the_configured_host() {
     assert_eq!(script.status, StatusCode::OK);
     assert!(script.page().contains("conferenceDomain"));
 }
+
+/// `templates_dir` brands the pages: a file of the same name replaces the
+/// built-in one, with the same values, still escaped.
+#[tokio::test]
+async fn templates_dir_replaces_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("frame.html"),
+        "<title>Example Chat</title><iframe src=\"{{ src }}\" title=\"{{ title }}\"></iframe>",
+    )
+    .unwrap();
+    for (db, db_dir) in backends().await {
+        let mut config = test_config();
+        config.templates_dir = Some(dir.path().to_owned());
+        let h = Harness::start(db, db_dir, config, false).await;
+        let page = h
+            .get("/widgets/generic?url=https%3A%2F%2Fpad.example.org%2F&title=%3Cb%3EPad")
+            .await;
+        assert_eq!(
+            page.page(),
+            "<title>Example Chat</title><iframe src=\"https://pad.example.org/\" title=\"&lt;b&gt;Pad\"></iframe>"
+        );
+    }
+}
