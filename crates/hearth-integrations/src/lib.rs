@@ -119,8 +119,9 @@ pub fn build(config: &Config, ctx: &Context) -> Result<IntegrationsState, Servic
         ctx.federation.clone(),
         &config.auth,
         &public_base_url,
-        // Element sends the token as `?scalar_token=` to every legacy route.
-        &["scalar_token"],
+        // Element sends the token as `?scalar_token=` to every legacy route;
+        // MSC1961 allows `?access_token=` beside the Bearer header.
+        &["scalar_token", "access_token"],
     )
     .map_err(ServiceError::Config)?;
     let catalog = catalog::Catalog::new(&config.widgets, &config.bots, &public_base_url)

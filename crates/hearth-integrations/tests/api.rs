@@ -145,6 +145,16 @@ async fn msc1961_register_account_and_logout() {
             account.json(),
             json!({"user_id": format!("@bob:{HOMESERVER}")})
         );
+        // MSC1961: or as `?access_token=`.
+        let account = h
+            .get(&format!(
+                "/_matrix/integrations/v1/account?access_token={token}"
+            ))
+            .await;
+        assert_eq!(
+            account.json(),
+            json!({"user_id": format!("@bob:{HOMESERVER}")})
+        );
 
         let logout = h
             .post(
