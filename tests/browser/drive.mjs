@@ -143,6 +143,24 @@ async function main() {
     await screenshot(weak, "no-answer");
     await step("no-power", { text: await power.textContent(), addDisabled, timeout: await unanswered.textContent() });
 
+    // The wrapper pages as a client renders the widget: Element's template
+    // variables filled in. Nothing beyond Hearth is fetched: other hosts
+    // are cut off before the network.
+    const wrapper = await context.newPage();
+    const hearth = new URL(settings.alice.ui).origin;
+    await wrapper.route((url) => url.origin !== hearth, (route) => route.abort());
+    const conference = "JitsiQabcdefghijklmnopqrstuvw";
+    await wrapper.goto(hearth + "/widgets/jitsi?confId=" + conference + "#conferenceDomain=meet.example.org&conferenceId=" +
+      conference + "&isAudioOnly=true&displayName=Alice%20A.&avatarUrl=&userId=%40alice%3Ahs&roomId=%21r%3Ahs");
+    const jitsiFrame = await wrapper.locator("iframe").getAttribute("src");
+    const jitsiTitle = await wrapper.locator("iframe").getAttribute("title");
+    await wrapper.goto(hearth + "/widgets/jitsi?confId=Other#conferenceDomain=evil.example&conferenceId=" + conference);
+    const otherHost = await wrapper.locator("#problem").textContent();
+    await wrapper.goto(hearth + "/widgets/video?url=" + encodeURIComponent("https://youtu.be/dQw4w9WgXcQ"));
+    const videoFrame = await wrapper.locator("iframe").getAttribute("src");
+    await wrapper.close();
+    await step("wrappers", { jitsiFrame, jitsiTitle, otherHost, videoFrame });
+
     // Dark theme, as Element's `theme` asks.
     const dark = await context.newPage();
     await dark.goto(harnessUrl({ ...settings.alice, theme: "dark" }));

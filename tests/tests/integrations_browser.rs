@@ -17,7 +17,8 @@
 //!    removed;
 //! 3. a bot invited and kicked, its membership read from Synapse;
 //! 4. `close_scalar`; a member without power is told so, and a reply
-//!    that never comes is shown as an error; dark theme;
+//!    that never comes is shown as an error; the Jitsi and video wrappers
+//!    as a client renders them; dark theme;
 //! 5. the first load's transfer size and request count, from a fresh
 //!    browser.
 //!
@@ -503,6 +504,30 @@ fn element_adds_edits_and_removes_widgets_and_bots_through_the_ui() {
     assert_eq!(
         weak["timeout"],
         "Unknown: Your client did not answer (membership_state) within 10 seconds."
+    );
+    driver.proceed();
+
+    // The wrappers: Jitsi framed on the configured host only, with the
+    // user's name and voice-only mode from Element's template variables;
+    // the video through YouTube's no-cookie player.
+    let wrappers = driver.expect("wrappers");
+    assert_eq!(
+        wrappers["jitsiFrame"],
+        "https://meet.example.org/JitsiQabcdefghijklmnopqrstuvw#userInfo.displayName=%22Alice%20A.%22&config.startAudioOnly=true&config.startWithVideoMuted=true"
+    );
+    assert_eq!(
+        wrappers["jitsiTitle"],
+        "Jitsi Meet conference JitsiQabcdefghijklmnopqrstuvw"
+    );
+    assert!(
+        wrappers["otherHost"]
+            .as_str()
+            .is_some_and(|t| t.contains("another Jitsi server")),
+        "{wrappers}"
+    );
+    assert_eq!(
+        wrappers["videoFrame"],
+        "https://www.youtube-nocookie.com/embed/dQw4w9WgXcQ"
     );
     driver.proceed();
 

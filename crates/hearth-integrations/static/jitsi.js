@@ -13,13 +13,15 @@
   const problem = (text) => { const p = document.getElementById("problem"); p.textContent = text; p.hidden = false; };
   if (domain !== allowed) return problem("This conference is on another Jitsi server than this one, " + allowed + ".");
   if (!/^[A-Za-z0-9_-]{1,128}$/.test(conference)) return problem("This widget names no valid conference.");
-  const settings = new URLSearchParams();
+  // Jitsi reads its fragment with decodeURIComponent and JSON values:
+  // spaces must be %20, never the "+" of form encoding.
+  const settings = [];
   const name = value(hash, "displayName") || value(query, "displayName");
-  if (name) settings.set("userInfo.displayName", JSON.stringify(name));
-  if (value(hash, "isAudioOnly") === "true") { settings.set("config.startAudioOnly", "true"); settings.set("config.startWithVideoMuted", "true"); }
+  if (name) settings.push("userInfo.displayName=" + encodeURIComponent(JSON.stringify(name)));
+  if (value(hash, "isAudioOnly") === "true") settings.push("config.startAudioOnly=true", "config.startWithVideoMuted=true");
   const frame = document.createElement("iframe");
   frame.title = "Jitsi Meet conference " + conference;
   frame.allow = "camera; microphone; display-capture; autoplay; clipboard-write; fullscreen";
-  frame.src = "https://" + allowed + "/" + encodeURIComponent(conference) + "#" + settings.toString();
+  frame.src = "https://" + allowed + "/" + encodeURIComponent(conference) + "#" + settings.join("&");
   document.body.appendChild(frame);
 })();
