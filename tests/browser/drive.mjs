@@ -121,6 +121,23 @@ async function main() {
     await screenshot(page, "bot-removed");
     await step("kicked");
 
+    // The rest of the catalog: an Etherpad on the operator's pad server and
+    // a video, each through its editor.
+    await im.getByRole("button", { name: /Etherpad/ }).click();
+    await im.locator("#ed-etherpad").getByRole("textbox", { name: "Pad name" }).fill("team-notes");
+    await im.locator("#ed-etherpad").getByRole("button", { name: "Add to room" }).click();
+    await status.filter({ hasText: "Added Etherpad." }).waitFor();
+    harness = await page.evaluate(() => window.harness);
+    const pad = harness.writes.at(-1);
+    await im.getByRole("button", { name: /^Video/ }).click();
+    await im.locator("#ed-video").getByRole("textbox", { name: "Address" }).fill("https://youtu.be/dQw4w9WgXcQ");
+    await im.locator("#ed-video").getByRole("button", { name: "Add to room" }).click();
+    await status.filter({ hasText: "Added Video." }).waitFor();
+    await im.getByRole("button", { name: "Edit Video" }).waitFor();
+    await screenshot(page, "catalog");
+    harness = await page.evaluate(() => window.harness);
+    await step("catalog", { pad, video: harness.writes.at(-1) });
+
     // Close: close_scalar, answered with null.
     await im.getByRole("button", { name: "Close" }).click();
     await page.waitForFunction(() => window.harness.closed);

@@ -15,7 +15,8 @@
 //!    for byte against what Element writes; Element's "Edit" entry
 //!    (`screen=type_jitsi&integ_id=`) opens its editor; then edited and
 //!    removed;
-//! 3. a bot invited and kicked, its membership read from Synapse;
+//! 3. a bot invited and kicked, its membership read from Synapse; an
+//!    Etherpad and a video added through their editors;
 //! 4. `close_scalar`; a member without power is told so, and a reply
 //!    that never comes is shown as an error; the Jitsi and video wrappers
 //!    as a client renders them; dark theme;
@@ -163,7 +164,7 @@ fn serve_hearth(
             "version": "1",
             "languages": {"en": {"name": "Integration manager privacy", "url": "https://example.org/im-privacy-1.html"}},
         }}}},
-        "widgets": {"jitsi_domain": "meet.example.org"},
+        "widgets": {"jitsi_domain": "meet.example.org", "etherpad_url": "https://pad.example.org/p/"},
         "bots": [{
             "user_id": synapse.user_id("echo"),
             "name": "Echo",
@@ -465,6 +466,29 @@ fn element_adds_edits_and_removes_widgets_and_bots_through_the_ui() {
         serde_json::from_str::<Value>(&member).unwrap()["membership"],
         "leave"
     );
+    driver.proceed();
+
+    // The other catalog entries: Hearth's wrapper URL with the page in
+    // `data.url`, under the legacy types Scalar wrote.
+    let catalog = driver.expect("catalog");
+    for (write, expected) in [
+        (
+            &catalog["pad"],
+            format!(
+                r#"{{"type":"etherpad","url":"{base}/widgets/generic?url=https%3A%2F%2Fpad.example.org%2Fp%2Fteam-notes","name":"Etherpad","data":{{"url":"https://pad.example.org/p/team-notes"}}}}"#
+            ),
+        ),
+        (
+            &catalog["video"],
+            format!(
+                r#"{{"type":"youtube","url":"{base}/widgets/video?url=https%3A%2F%2Fyoutu.be%2FdQw4w9WgXcQ","name":"Video","data":{{"url":"https://youtu.be/dQw4w9WgXcQ"}}}}"#
+            ),
+        ),
+    ] {
+        assert_eq!(write["body"], expected.as_str());
+        let id = write["widget_id"].as_str().expect("a widget id");
+        assert_stored(&alice, &room, id, &expected);
+    }
     driver.proceed();
 
     // 4. Closing, the wire format of every request, and no script errors.
