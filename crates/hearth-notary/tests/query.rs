@@ -14,7 +14,7 @@ use hearth_federation::client::Origin;
 use hearth_federation::{FederationClient, FederationConfig, KeyStore};
 use hearth_notary::{Config, Notary, Upstream, router};
 use hearth_testkit::federation::{
-    FakeDns, TestCa, bind, fake_dns, key_server, keys_object, name, signing_key, spawn,
+    FakeDns, KeyServer, TestCa, bind, fake_dns, key_server, keys_object, name, signing_key, spawn,
 };
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -85,6 +85,11 @@ impl Harness {
         (status, json, bytes.to_vec())
     }
 
+    async fn get(&self, uri: &str) -> (StatusCode, Value, Vec<u8>) {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
     async fn post(&self, body: Value) -> (StatusCode, Value, Vec<u8>) {
         self.send(
             Request::builder()
@@ -118,6 +123,16 @@ impl Harness {
     }
 }
 
+/// The usual scene: a CA, an origin `origin.test:<port>` publishing key
+/// `k1`, and a notary that reaches it.
+async fn one_origin() -> (TestCa, SigningKey, ServerName, KeyServer, Harness) {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 1);
+    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
+    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
+    (ca, key, origin, server, h)
+}
+
 /// Checks an answer carries the origin's signature by `origin_key` and the
 /// notary's by `notary_key`, and nobody else's.
 fn assert_signed_by(
@@ -149,10 +164,7 @@ fn assert_signed_by(
 /// from the cache, with the same bytes (signed once, not per request).
 #[tokio::test]
 async fn fetches_from_the_origin_signs_and_caches() {
-    let ca = TestCa::new();
-    let key = signing_key("k1", 1);
-    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
+    let (_ca, key, origin, server, h) = one_origin().await;
 
     let answer = h.query(&origin, &["ed25519:k1"], None).await;
     assert_eq!(answer.len(), 1);
@@ -165,13 +177,7 @@ async fn fetches_from_the_origin_signs_and_caches() {
     assert_eq!(server.fetches(), 1);
 
     // GET asks for every key of one server.
-    let (status, body, _) = h
-        .send(
-            Request::get(format!("/_matrix/key/v2/query/{origin}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let (status, body, _) = h.get(&format!("/_matrix/key/v2/query/{origin}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["server_keys"][0], answer[0]);
     assert_eq!(server.fetches(), 1);
@@ -183,17 +189,8 @@ async fn fetches_from_the_origin_signs_and_caches() {
 /// must return an empty server_keys array".
 #[tokio::test]
 async fn all_keys_queries_fetch_and_empty_queries_answer_empty() {
-    let ca = TestCa::new();
-    let key = signing_key("k1", 1);
-    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
-    let (status, body, _) = h
-        .send(
-            Request::get(format!("/_matrix/key/v2/query/{origin}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let (_ca, _key, origin, server, h) = one_origin().await;
+    let (status, body, _) = h.get(&format!("/_matrix/key/v2/query/{origin}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["server_keys"].as_array().unwrap().len(), 1);
     assert_eq!(server.fetches(), 1);
@@ -208,10 +205,7 @@ async fn all_keys_queries_fetch_and_empty_queries_answer_empty() {
 /// still returned as the origin signed them (the requester decides).
 #[tokio::test]
 async fn minimum_valid_until_ts_refetches_and_expired_keys_are_returned_as_signed() {
-    let ca = TestCa::new();
-    let key = signing_key("k1", 1);
-    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
+    let (ca, key, origin, server, h) = one_origin().await;
     h.query(&origin, &["ed25519:k1"], None).await;
 
     let later = now_ms() + 2 * 3_600_000;
@@ -359,10 +353,7 @@ async fn concurrent_queries_share_one_fetch() {
 /// return the last response they received").
 #[tokio::test]
 async fn unreachable_origins_back_off_and_stale_keys_are_served() {
-    let ca = TestCa::new();
-    let key = signing_key("k1", 1);
-    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
+    let (ca, key, origin, server, h) = one_origin().await;
     let fresh = h.query(&origin, &["ed25519:k1"], None).await;
     server.go_down();
     let beyond = now_ms() + 30 * 24 * 3_600_000;
@@ -380,14 +371,35 @@ async fn unreachable_origins_back_off_and_stale_keys_are_served() {
     assert_eq!(never_server.fetches(), 1);
 }
 
+/// Servers asked about recently are fetched again before their entry passes
+/// half its life, so the homeserver's next query finds it fresh; servers
+/// nobody asked about within `refresh_window` are left alone.
+#[tokio::test]
+async fn recently_asked_servers_are_refreshed_ahead_of_expiry() {
+    let (_ca, _key, origin, server, h) = one_origin().await;
+    h.query(&origin, &["ed25519:k1"], None).await;
+    let now = now_ms();
+    assert_eq!(
+        hearth_notary::refresh_due(&h.notary, now).await,
+        0,
+        "not due yet"
+    );
+    assert_eq!(server.fetches(), 1);
+    // The origin's keys last an hour: past half an hour they are due.
+    let later = now + 40 * 60_000;
+    assert_eq!(hearth_notary::refresh_due(&h.notary, later).await, 1);
+    assert_eq!(server.fetches(), 2);
+    // Asked about more than `refresh_window` (an hour) ago: left alone.
+    let much_later = now + 2 * 3_600_000;
+    assert_eq!(hearth_notary::refresh_due(&h.notary, much_later).await, 0);
+    assert_eq!(server.fetches(), 2);
+}
+
 /// The cache is the database: a new notary on the same database (a restart,
 /// or another instance) answers without fetching.
 #[tokio::test]
 async fn a_restart_keeps_the_cache() {
-    let ca = TestCa::new();
-    let key = signing_key("k1", 1);
-    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let h = Harness::start(&ca, &["origin.test"], Config::default()).await;
+    let (ca, _key, origin, server, h) = one_origin().await;
     let first = h.query(&origin, &["ed25519:k1"], None).await;
     let Harness { db, _dir, .. } = h;
     let restarted = Harness::on(&ca, &["origin.test"], Config::default(), db, _dir);

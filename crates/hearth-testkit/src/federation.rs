@@ -59,9 +59,9 @@ impl TestCa {
         self.dir.path().join("ca.pem")
     }
 
-    /// A TLS listener on `tcp` whose leaf certificate, signed by this CA,
-    /// is valid for `cert_name` only (a DNS name or an IP address).
-    pub fn listener(&self, tcp: TcpListener, cert_name: &str) -> Listener {
+    /// A certificate for `cert_name` only (a DNS name or an IP address),
+    /// signed by this CA, and its key, written as PEM files.
+    pub fn certificate(&self, cert_name: &str) -> TlsFiles {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![cert_name.to_owned()])
             .unwrap()
@@ -73,9 +73,15 @@ impl TestCa {
         };
         std::fs::write(&files.certificate, cert.pem()).unwrap();
         std::fs::write(&files.private_key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    /// A TLS listener on `tcp` with a [`TestCa::certificate`] for
+    /// `cert_name`.
+    pub fn listener(&self, tcp: TcpListener, cert_name: &str) -> Listener {
         Listener {
             tcp,
-            tls: Some(load_tls(&files).unwrap()),
+            tls: Some(load_tls(&self.certificate(cert_name)).unwrap()),
         }
     }
 }
