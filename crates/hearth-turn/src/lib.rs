@@ -1,18 +1,39 @@
-//! TURN/STUN for Matrix VoIP. The listeners arrive with the TURN
-//! issue; for now the crate holds the `[turn]` config section so the
-//! binary, the example config and `hearth turn` are already shaped for it.
+//! TURN/STUN for Matrix VoIP (RFC 8656 over RFC 8489), with the TURN REST
+//! credentials Synapse hands out (`turn_shared_secret`).
+//!
+//! The binary calls [`Config::check`] for `hearth config check`,
+//! [`Server::bind`] at start-up (every listener opens there, so errors
+//! surface before anything serves), [`Server::run`] to serve until
+//! shutdown, and [`Config::credentials`] for `hearth turn credentials`.
 
-use serde::{Deserialize, Serialize};
+mod alloc;
+mod auth;
+mod config;
+mod handler;
+mod policy;
+mod server;
+mod stats;
+mod stream;
+mod stun;
 
-/// `[turn]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    pub enabled: bool,
-}
+pub use auth::{Credentials, rest_credentials, rest_password};
+pub use config::Config;
+pub use policy::{Cidr, DEFAULT_DENIED};
+pub use server::{LocalAddrs, Server};
 
-impl Default for Config {
-    fn default() -> Self {
-        Self { enabled: true }
-    }
+use std::net::SocketAddr;
+
+/// Why the TURN server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("turn: {0}")]
+    Config(String),
+    #[error("turn: binding the {what} listener {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("turn: TLS: {0}")]
+    Tls(String),
 }
