@@ -1,8 +1,8 @@
 //! The `[turn]` config section.
 
+use crate::TurnError;
 use crate::auth::{Credentials, rest_credentials};
 use crate::policy::Cidr;
-use crate::TurnError;
 use hearth_core::config::{ByteSize, Duration, Secret, resolve_secret};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,14 +137,19 @@ impl Config {
                 self.min_port, self.max_port
             ));
         }
-        for (name, list) in [("relay_ip", &self.relay_ip), ("external_ip", &self.external_ip)] {
+        for (name, list) in [
+            ("relay_ip", &self.relay_ip),
+            ("external_ip", &self.external_ip),
+        ] {
             if list.iter().filter(|ip| ip.is_ipv4()).count() > 1
                 || list.iter().filter(|ip| ip.is_ipv6()).count() > 1
             {
                 return bad(format!("`{name}` takes at most one address per family"));
             }
             if list.iter().any(|ip| ip.is_unspecified()) {
-                return bad(format!("`{name}` must be concrete addresses, not 0.0.0.0 or ::"));
+                return bad(format!(
+                    "`{name}` must be concrete addresses, not 0.0.0.0 or ::"
+                ));
             }
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
@@ -235,7 +240,11 @@ impl Config {
 /// connect sends nothing.
 fn default_route_ip(probe: &str) -> Option<IpAddr> {
     let probe: SocketAddr = probe.parse().ok()?;
-    let any = if probe.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let any = if probe.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let socket = UdpSocket::bind(any).ok()?;
     socket.connect(probe).ok()?;
     let ip = socket.local_addr().ok()?.ip();
@@ -268,7 +277,10 @@ mod tests {
         assert_eq!(c.max_bandwidth, ByteSize(1 << 20));
         let relays = c.relay_addrs().unwrap();
         assert_eq!(relays.len(), 1);
-        assert_eq!(relays[0].advertised, "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            relays[0].advertised,
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             c.client_uris(),
             [
@@ -319,10 +331,11 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.secret().unwrap().unwrap().expose(), "from-file");
-        let creds = c
-            .credentials("@a:b", SystemTime::UNIX_EPOCH)
-            .unwrap();
+        let creds = c.credentials("@a:b", SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(creds.username, "3600:@a:b");
-        assert_eq!(creds.password, crate::auth::rest_password("from-file", "3600:@a:b"));
+        assert_eq!(
+            creds.password,
+            crate::auth::rest_password("from-file", "3600:@a:b")
+        );
     }
 }

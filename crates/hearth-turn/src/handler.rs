@@ -189,7 +189,13 @@ fn turn_request<'a>(
     // RFC 8656 §5: other requests need the 5-tuple's allocation (437),
     // made under the same username (441).
     let Some(allocation) = shared.table.get(&five) else {
-        return refuse(Refusal::Mismatch, req, 437, "Allocation Mismatch", Some(key));
+        return refuse(
+            Refusal::Mismatch,
+            req,
+            437,
+            "Allocation Mismatch",
+            Some(key),
+        );
     };
     if allocation.username != auth.username {
         return refuse(Refusal::WrongUser, req, 441, "Wrong Credentials", Some(key));
@@ -243,7 +249,13 @@ fn allocate<'a>(
     match req.get(attr::REQUESTED_TRANSPORT) {
         Some(v) if v.len() == 4 && v[0] == UDP => {}
         Some(v) if v.len() == 4 => {
-            return refuse(Refusal::Unsupported, req, 442, "Unsupported Transport Protocol", key);
+            return refuse(
+                Refusal::Unsupported,
+                req,
+                442,
+                "Unsupported Transport Protocol",
+                key,
+            );
         }
         _ => return refuse(Refusal::BadRequest, req, 400, "Bad Request", key),
     }
@@ -263,7 +275,13 @@ fn allocate<'a>(
         Some([0x01, ..]) => false,
         Some([0x02, ..]) => true,
         Some(_) => {
-            return refuse(Refusal::Unsupported, req, 440, "Address Family not Supported", key);
+            return refuse(
+                Refusal::Unsupported,
+                req,
+                440,
+                "Address Family not Supported",
+                key,
+            );
         }
     };
     if let Err(quota) = shared.table.reserve(&auth.quota_user) {
@@ -275,13 +293,19 @@ fn allocate<'a>(
         return refuse(Refusal::Quota, req, 486, "Allocation Quota Reached", key);
     }
     let relay = match token {
-        Some(token) => shared.take_reservation(u64::from_be_bytes(
-            token.try_into().unwrap_or_default(),
-        )),
+        Some(token) => {
+            shared.take_reservation(u64::from_be_bytes(token.try_into().unwrap_or_default()))
+        }
         None => {
             let Some(relay) = shared.relays.iter().find(|r| r.bind.is_ipv6() == ipv6) else {
                 shared.table.release(&auth.quota_user);
-                return refuse(Refusal::Unsupported, req, 440, "Address Family not Supported", key);
+                return refuse(
+                    Refusal::Unsupported,
+                    req,
+                    440,
+                    "Address Family not Supported",
+                    key,
+                );
             };
             let reserve = even_port.is_some_and(|e| e[0] & 0x80 != 0);
             shared.bind_relay(relay, even_port.is_some(), reserve)
@@ -334,7 +358,13 @@ fn refresh<'a>(
     if let Some(family) = req.get(attr::REQUESTED_ADDRESS_FAMILY) {
         let ipv6 = allocation.relayed.is_ipv6();
         if family.first() != Some(if ipv6 { &0x02 } else { &0x01 }) {
-            return refuse(Refusal::BadRequest, req, 443, "Peer Address Family Mismatch", Some(key));
+            return refuse(
+                Refusal::BadRequest,
+                req,
+                443,
+                "Peer Address Family Mismatch",
+                Some(key),
+            );
         }
     }
     let requested = req.get_u32(attr::LIFETIME);
@@ -393,7 +423,10 @@ fn create_permission<'a>(
     key: &[u8; 16],
 ) -> Outcome<'a> {
     let mut peers = Vec::new();
-    for a in req.attributes().filter(|a| a.kind == attr::XOR_PEER_ADDRESS) {
+    for a in req
+        .attributes()
+        .filter(|a| a.kind == attr::XOR_PEER_ADDRESS)
+    {
         let Some(peer) = crate::stun::decode_xor_address(a.value, &req.txid) else {
             return refuse(Refusal::BadRequest, req, 400, "Bad Request", Some(key));
         };
@@ -415,7 +448,13 @@ fn create_permission<'a>(
     for (ip, relay_ports_only) in peers {
         if !state.permit(ip, relay_ports_only, now) {
             drop(state);
-            return refuse(Refusal::Capacity, req, 508, "Insufficient Capacity", Some(key));
+            return refuse(
+                Refusal::Capacity,
+                req,
+                508,
+                "Insufficient Capacity",
+                Some(key),
+            );
         }
     }
     drop(state);
@@ -459,7 +498,13 @@ fn channel_bind<'a>(
     // A binding installs or refreshes the peer's permission too.
     if !state.bind(number, peer, now) || !state.permit(peer.ip(), relay_ports_only, now) {
         drop(state);
-        return refuse(Refusal::Capacity, req, 508, "Insufficient Capacity", Some(key));
+        return refuse(
+            Refusal::Capacity,
+            req,
+            508,
+            "Insufficient Capacity",
+            Some(key),
+        );
     }
     drop(state);
     let mut b = Builder::new(Class::Success, method::CHANNEL_BIND, &req.txid);

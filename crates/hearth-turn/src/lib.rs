@@ -15,6 +15,8 @@ mod server;
 mod stats;
 mod stream;
 mod stun;
+#[cfg(test)]
+mod tests;
 
 pub use auth::{Credentials, rest_credentials, rest_password};
 pub use config::Config;

@@ -27,7 +27,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -44,7 +46,8 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid address block {s:?}: expected e.g. \"10.0.0.0/8\" or \"::1\"");
+        let bad =
+            || format!("invalid address block {s:?}: expected e.g. \"10.0.0.0/8\" or \"::1\"");
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -102,35 +105,35 @@ const fn v6(segments: [u16; 8], prefix: u8) -> Cidr {
 
 /// Peers refused unless allow-listed. Each line names its registry entry.
 pub const DEFAULT_DENIED: &[Cidr] = &[
-    v4(0, 0, 0, 0, 8),        // "this network"; 0.0.0.0 reaches loopback
-    v4(10, 0, 0, 0, 8),       // private (RFC 1918)
-    v4(100, 64, 0, 0, 10),    // shared address space / CGNAT (RFC 6598)
-    v4(127, 0, 0, 0, 8),      // loopback
-    v4(169, 254, 0, 0, 16),   // link-local, cloud metadata
-    v4(172, 16, 0, 0, 12),    // private (RFC 1918)
-    v4(192, 0, 0, 0, 24),     // IETF protocol assignments
-    v4(192, 0, 2, 0, 24),     // documentation TEST-NET-1
-    v4(192, 88, 99, 0, 24),   // 6to4 relay anycast
-    v4(192, 168, 0, 0, 16),   // private (RFC 1918)
-    v4(198, 18, 0, 0, 15),    // benchmarking
-    v4(198, 51, 100, 0, 24),  // documentation TEST-NET-2
-    v4(203, 0, 113, 0, 24),   // documentation TEST-NET-3
-    v4(224, 0, 0, 0, 4),      // multicast
-    v4(240, 0, 0, 0, 4),      // reserved, and broadcast
-    v6([0; 8], 96),           // ::, ::1 and IPv4-compatible (deprecated)
+    v4(0, 0, 0, 0, 8),                     // "this network"; 0.0.0.0 reaches loopback
+    v4(10, 0, 0, 0, 8),                    // private (RFC 1918)
+    v4(100, 64, 0, 0, 10),                 // shared address space / CGNAT (RFC 6598)
+    v4(127, 0, 0, 0, 8),                   // loopback
+    v4(169, 254, 0, 0, 16),                // link-local, cloud metadata
+    v4(172, 16, 0, 0, 12),                 // private (RFC 1918)
+    v4(192, 0, 0, 0, 24),                  // IETF protocol assignments
+    v4(192, 0, 2, 0, 24),                  // documentation TEST-NET-1
+    v4(192, 88, 99, 0, 24),                // 6to4 relay anycast
+    v4(192, 168, 0, 0, 16),                // private (RFC 1918)
+    v4(198, 18, 0, 0, 15),                 // benchmarking
+    v4(198, 51, 100, 0, 24),               // documentation TEST-NET-2
+    v4(203, 0, 113, 0, 24),                // documentation TEST-NET-3
+    v4(224, 0, 0, 0, 4),                   // multicast
+    v4(240, 0, 0, 0, 4),                   // reserved, and broadcast
+    v6([0; 8], 96),                        // ::, ::1 and IPv4-compatible (deprecated)
     v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96), // IPv4-mapped
     v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96), // IPv4-translated (SIIT)
     v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96), // NAT64 well-known prefix
     v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // NAT64 local-use
-    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), // discard-only
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),  // discard-only
     v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), // IETF protocol assignments, Teredo
     v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
     v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), // 6to4
     v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), // documentation (RFC 9637)
-    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), // unique local
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),  // unique local
     v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link-local
     v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // site-local (deprecated)
-    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), // multicast
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),  // multicast
 ];
 
 /// What the policy says about one peer address.
@@ -241,11 +244,11 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
-            "::127.0.0.1", // IPv4-compatible
-            "::ffff:0:127.0.0.1", // IPv4-translated (SIIT)
-            "64:ff9b::7f00:1", // NAT64 of 127.0.0.1
-            "64:ff9b:1::a00:1", // local-use NAT64
-            "2002:7f00:1::",   // 6to4 of 127.0.0.1
+            "::127.0.0.1",                          // IPv4-compatible
+            "::ffff:0:127.0.0.1",                   // IPv4-translated (SIIT)
+            "64:ff9b::7f00:1",                      // NAT64 of 127.0.0.1
+            "64:ff9b:1::a00:1",                     // local-use NAT64
+            "2002:7f00:1::",                        // 6to4 of 127.0.0.1
             "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo
             "2001:db8::1",
             "fe80::1",
@@ -259,7 +262,13 @@ mod tests {
     #[test]
     fn public_addresses_are_allowed() {
         let p = policy();
-        for s in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "100.128.0.1", "172.32.0.1"] {
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "172.32.0.1",
+        ] {
             assert_eq!(p.check(ip(s)), Verdict::Allowed, "{s}");
         }
     }
@@ -287,7 +296,10 @@ mod tests {
 
     #[test]
     fn cidr_parsing() {
-        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());

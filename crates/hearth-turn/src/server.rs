@@ -60,7 +60,11 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
-fn udp_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<std::net::UdpSocket> {
+fn udp_socket(
+    addr: SocketAddr,
+    reuse_port: bool,
+    buffer: usize,
+) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // So `[::]:3478` and `0.0.0.0:3478` can both be bound.
@@ -203,6 +207,11 @@ impl Shared {
             .then_some((peer, payload))
     }
 
+    #[cfg(test)]
+    pub(crate) fn reservation_count(&self) -> usize {
+        lock(&self.reservations).len()
+    }
+
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         if self.table.sweep(now) > 0 {
@@ -316,10 +325,10 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
                 stats::dropped(stats::Drop::NoAllocation);
                 continue;
             };
-            if let Some((peer, payload)) = shared.channel_target(&allocation, data) {
-                if allocation.relay.send_to(payload, peer).await.is_ok() {
-                    relayed.add(payload.len());
-                }
+            if let Some((peer, payload)) = shared.channel_target(&allocation, data)
+                && allocation.relay.send_to(payload, peer).await.is_ok()
+            {
+                relayed.add(payload.len());
             }
         } else {
             match handler::handle(&shared, data, five, &link) {
@@ -348,7 +357,7 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
 /// A running TURN server's sockets, bound but not yet served.
 #[derive(Debug)]
 pub struct Server {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     udp: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
@@ -406,10 +415,7 @@ impl Server {
             .iter()
             .map(|(name, password)| (name.clone(), password.expose().to_owned()));
         let relays = config.relay_addrs()?;
-        let own: Vec<IpAddr> = relays
-            .iter()
-            .flat_map(|r| [r.bind, r.advertised])
-            .collect();
+        let own: Vec<IpAddr> = relays.iter().flat_map(|r| [r.bind, r.advertised]).collect();
         let shared = Arc::new(Shared {
             auth: Authenticator::new(realm, secret, users),
             policy: PeerPolicy::new(&config.allowed_peer_ips, &config.denied_peer_ips, own),
@@ -429,19 +435,25 @@ impl Server {
         let mut udp = Vec::new();
         for &addr in &config.udp {
             // Port 0 must resolve to one port shared by all the workers.
-            let Some(first) = optional_bind(addr, "udp", || udp_socket(addr, true, LISTENER_BUFFER))?
+            let Some(first) =
+                optional_bind(addr, "udp", || udp_socket(addr, true, LISTENER_BUFFER))?
             else {
                 continue;
             };
-            let local = first
-                .local_addr()
-                .map_err(|source| TurnError::Bind { what: "udp", addr, source })?;
+            let local = first.local_addr().map_err(|source| TurnError::Bind {
+                what: "udp",
+                addr,
+                source,
+            })?;
             let mut sockets = vec![first];
             for _ in 1..workers {
-                sockets.push(
-                    udp_socket(local, true, LISTENER_BUFFER)
-                        .map_err(|source| TurnError::Bind { what: "udp", addr, source })?,
-                );
+                sockets.push(udp_socket(local, true, LISTENER_BUFFER).map_err(|source| {
+                    TurnError::Bind {
+                        what: "udp",
+                        addr,
+                        source,
+                    }
+                })?);
             }
             udp.push((local, sockets));
         }
@@ -513,8 +525,11 @@ impl Server {
         let mut tasks = JoinSet::new();
         for (local, sockets) in self.udp {
             for socket in sockets {
-                let socket = UdpSocket::from_std(socket)
-                    .map_err(|source| TurnError::Bind { what: "udp", addr: local, source })?;
+                let socket = UdpSocket::from_std(socket).map_err(|source| TurnError::Bind {
+                    what: "udp",
+                    addr: local,
+                    source,
+                })?;
                 tasks.spawn(udp_worker(shared.clone(), Arc::new(socket), local));
             }
         }
@@ -530,8 +545,12 @@ impl Server {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| TurnError::Bind { what: "tcp", addr, source })?;
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|source| TurnError::Bind {
+                    what: "tcp",
+                    addr,
+                    source,
+                })?;
             tasks.spawn(stream::accept_loop(shared.clone(), listener, acceptor));
         }
         let sweeper = shared.clone();

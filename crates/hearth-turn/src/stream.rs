@@ -37,7 +37,10 @@ pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConf
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(TurnError::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(TurnError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?
@@ -180,10 +183,10 @@ async fn read_frames<R: AsyncRead>(
                 stats::dropped(stats::Drop::NoAllocation);
                 continue;
             };
-            if let Some((peer, payload)) = shared.channel_target(a, &frame) {
-                if a.relay.send_to(payload, peer).await.is_ok() {
-                    relayed.add(payload.len());
-                }
+            if let Some((peer, payload)) = shared.channel_target(a, &frame)
+                && a.relay.send_to(payload, peer).await.is_ok()
+            {
+                relayed.add(payload.len());
             }
             continue;
         }

@@ -231,7 +231,8 @@ impl<'a> Message<'a> {
     }
 
     pub(crate) fn get_xor_address(&self, kind: u16) -> Option<SocketAddr> {
-        self.get(kind).and_then(|v| decode_xor_address(v, &self.txid))
+        self.get(kind)
+            .and_then(|v| decode_xor_address(v, &self.txid))
     }
 
     /// Comprehension-required attributes this server does not know.
@@ -333,7 +334,8 @@ impl Builder {
         self.buf.extend_from_slice(&kind.to_be_bytes());
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.buf.extend_from_slice(value);
-        self.buf.resize(self.buf.len() + padded(value.len()) - value.len(), 0);
+        self.buf
+            .resize(self.buf.len() + padded(value.len()) - value.len(), 0);
         self.set_length();
         self
     }
@@ -448,14 +450,17 @@ mod tests {
     const SHORT_TERM: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
 
     // RFC 5769 §2.1.
-    const REQUEST: &str = "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e207465737420636c69656e74
+    const REQUEST: &str =
+        "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e207465737420636c69656e74
         002400046e0001ff80290008932ff9b151263b36000600096576746a3a68367659202020
         000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a280280004e57a3bcf";
     // RFC 5769 §2.2.
-    const RESPONSE_V4: &str = "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220
+    const RESPONSE_V4: &str =
+        "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220
         002000080001a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53f06be7d780280004c07d4c96";
     // RFC 5769 §2.3.
-    const RESPONSE_V6: &str = "010100482112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220
+    const RESPONSE_V6: &str =
+        "010100482112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220
         002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d9
         00080014a382954e4be67bf11784c97c8292c275bfe3ed4180280004c8fb0b4c";
     // RFC 5769 §2.4.
@@ -471,7 +476,10 @@ mod tests {
         assert_eq!((m.class, m.method), (Class::Request, method::BINDING));
         assert_eq!(m.get_str(attr::SOFTWARE), Some("STUN test client"));
         assert_eq!(m.get_u32(attr::PRIORITY), Some(0x6e00_01ff));
-        assert_eq!(m.get(attr::ICE_CONTROLLED), Some(&hex("932ff9b151263b36")[..]));
+        assert_eq!(
+            m.get(attr::ICE_CONTROLLED),
+            Some(&hex("932ff9b151263b36")[..])
+        );
         assert_eq!(m.get_str(attr::USERNAME), Some("evtj:h6vY"));
         assert_eq!(m.check_integrity(SHORT_TERM), Some(true));
         assert_eq!(m.check_integrity(b"wrong"), Some(false));
@@ -530,7 +538,11 @@ mod tests {
     fn builder_reproduces_rfc5769_2_2_and_2_3() {
         for (vector, addr, addr_len) in [
             (RESPONSE_V4, "192.0.2.1:32853", 12),
-            (RESPONSE_V6, "[2001:db8:1234:5678:11:2233:4455:6677]:32853", 24),
+            (
+                RESPONSE_V6,
+                "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
+                24,
+            ),
         ] {
             let raw = hex(vector);
             let txid: TransactionId = raw[8..20].try_into().unwrap();
@@ -571,8 +583,18 @@ mod tests {
 
     #[test]
     fn message_type_round_trips_every_class() {
-        for class in [Class::Request, Class::Indication, Class::Success, Class::Error] {
-            for m in [method::BINDING, method::ALLOCATE, method::CHANNEL_BIND, 0xfff] {
+        for class in [
+            Class::Request,
+            Class::Indication,
+            Class::Success,
+            Class::Error,
+        ] {
+            for m in [
+                method::BINDING,
+                method::ALLOCATE,
+                method::CHANNEL_BIND,
+                0xfff,
+            ] {
                 assert_eq!(split_type(message_type(class, m)), (class, m));
             }
         }
