@@ -252,7 +252,8 @@ async fn https_listener_serves_keys_to_the_federation_client() {
         FederationClient::new(&config, Arc::new(SystemDns::new().unwrap()), None).unwrap()
     };
 
-    let keys = KeyStore::new(client(true))
+    let (db, _dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
+    let keys = KeyStore::new(client(true), db)
         .server_keys(&server, now_ms())
         .await
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", hearth.log()));

@@ -36,7 +36,9 @@ pub(crate) fn ensure() -> Result<()> {
         return Ok(());
     }
     if !is_root()? {
-        bail!("coturn's tools are missing; install Debian's coturn package (apt-get install coturn)");
+        bail!(
+            "coturn's tools are missing; install Debian's coturn package (apt-get install coturn)"
+        );
     }
     eprintln!("xtask: coturn's tools not found, installing coturn with apt-get");
     let apt = || {

@@ -18,14 +18,26 @@ mod terms;
 pub use config::{AuthConfig, PolicyConfig, PolicyLanguage, TermsConfig};
 pub use extract::{Authenticated, TermsAccepted};
 pub use openid::OpenIdCredentials;
-pub use routes::{accept_terms, get_account, get_terms, logout, terms_document};
+pub use routes::{accept_terms, get_account, get_terms, logout};
 pub use terms::Terms;
 
+use axum::Router;
+use axum::extract::FromRef;
 use hearth_core::MatrixError;
 use hearth_core::ids::{ServerName, UserId};
-use hearth_core::storage::Database;
+use hearth_core::storage::{Database, Migration, Schema};
 use hearth_federation::FederationClient;
 use std::sync::Arc;
+
+/// The auth crate's tables: service tokens and accepted terms.
+pub static SCHEMA: Schema = Schema {
+    component: "auth",
+    depends_on: &[&hearth_core::storage::SCHEMA],
+    migrations: &[Migration {
+        description: "service tokens and accepted terms",
+        sql: include_str!("../migrations/0001_tokens_and_terms.sql"),
+    }],
+};
 
 /// One service's auth: its own tokens, its own policies.
 #[derive(Debug, Clone)]
@@ -65,6 +77,22 @@ impl Auth {
 
     pub fn terms(&self) -> &Terms {
         &self.0.terms
+    }
+
+    /// The route serving this service's policy documents, under its own
+    /// name, so that several services' routes never overlap.
+    pub fn terms_document_route<S>(&self) -> Router<S>
+    where
+        Auth: FromRef<S>,
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new().route(
+            &format!(
+                "/_hearth/terms/{}/{{id}}/{{version}}/{{lang}}",
+                self.0.service
+            ),
+            axum::routing::get(routes::terms_document),
+        )
     }
 
     /// Exchanges OpenID credentials for a new service token

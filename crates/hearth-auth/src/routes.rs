@@ -80,15 +80,16 @@ pub async fn accept_terms(
     Ok(Json(json!({})))
 }
 
-/// `GET /_hearth/terms/{service}/{id}/{version}/{lang}`: a policy document
-/// configured as a file.
-pub async fn terms_document(
+/// `GET /_hearth/terms/<service>/{id}/{version}/{lang}`: a policy document
+/// configured as a file (mounted by [`Auth::terms_document_route`]).
+pub(crate) async fn terms_document(
     State(auth): State<Auth>,
-    Path((service, id, version, lang)): Path<(String, String, String, String)>,
+    Path((id, version, lang)): Path<(String, String, String)>,
 ) -> Result<Response, MatrixError> {
-    let file = (service == auth.0.service)
-        .then(|| auth.0.terms.document(&id, &version, &lang))
-        .flatten()
+    let file = auth
+        .0
+        .terms
+        .document(&id, &version, &lang)
         .ok_or_else(|| MatrixError::not_found("No such policy document"))?;
     let body = tokio::fs::read(file)
         .await

@@ -276,6 +276,136 @@ pub struct OldVerifyKey {
     pub expired_ts: i64,
 }
 
+/// Changing this server's keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// One key id must always mean one key (synapse#3121, #4012).
+    #[error(
+        "{0} already names a different key here; reusing a key id breaks verification of old signatures"
+    )]
+    IdClash(String),
+    #[error("there is no current signing key")]
+    NoKey,
+}
+
+/// This server's keys: the current ones in the key file (the first signs)
+/// and the retired ones in the database, still published as
+/// `old_verify_keys` so that what they signed stays checkable.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    pub current: Vec<SigningKey>,
+    pub old: Vec<OldVerifyKey>,
+}
+
+impl KeyRing {
+    /// The keys as they are, creating a first key when the file does not
+    /// exist. The flag says whether one was created.
+    pub async fn load_or_create(
+        path: &Path,
+        db: &crate::storage::Database,
+    ) -> Result<(Self, bool), KeyRingError> {
+        let created = !path.exists();
+        if created {
+            SigningKey::write_synapse_file(path, &[SigningKey::generate()])?;
+        }
+        Ok((Self::load(path, db).await?, created))
+    }
+
+    /// The keys as they are; no current key when the file does not exist.
+    pub async fn load(path: &Path, db: &crate::storage::Database) -> Result<Self, KeyRingError> {
+        let current = if path.exists() {
+            SigningKey::read_synapse_file(path)?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            current,
+            old: db.old_verify_keys().await?,
+        })
+    }
+
+    /// The key that signs.
+    pub fn signing_key(&self) -> Result<&SigningKey, KeyRingError> {
+        self.current.first().ok_or(KeyRingError::NoKey)
+    }
+
+    /// The public key `key_id` names, current or retired.
+    pub fn public_key(&self, key_id: &str) -> Option<String> {
+        self.current
+            .iter()
+            .find(|k| k.key_id() == key_id)
+            .map(SigningKey::public_key_base64)
+            .or_else(|| {
+                self.old
+                    .iter()
+                    .find(|k| k.key_id == key_id)
+                    .map(|k| k.key.clone())
+            })
+    }
+
+    /// Makes a new key with an id that never named another key here, and
+    /// makes it the only current one.
+    pub async fn generate(
+        path: &Path,
+        db: &crate::storage::Database,
+    ) -> Result<SigningKey, KeyRingError> {
+        let ring = Self::load(path, db).await?;
+        let mut key = SigningKey::generate();
+        while ring.public_key(&key.key_id()).is_some() {
+            key = SigningKey::generate();
+        }
+        ring.replace(path, db, vec![key.clone()]).await?;
+        Ok(key)
+    }
+
+    /// Makes `imported` the current keys, retiring the others. An id that
+    /// already names a different key is refused.
+    pub async fn import(
+        path: &Path,
+        db: &crate::storage::Database,
+        imported: Vec<SigningKey>,
+    ) -> Result<(), KeyRingError> {
+        let ring = Self::load(path, db).await?;
+        for key in &imported {
+            if ring
+                .public_key(&key.key_id())
+                .is_some_and(|known| known != key.public_key_base64())
+            {
+                return Err(KeyRingError::IdClash(key.key_id()));
+            }
+        }
+        ring.replace(path, db, imported).await
+    }
+
+    /// Retires the current keys that `new` does not keep, then writes `new`.
+    /// Retiring first means a crash in between leaves a key published twice,
+    /// never a key lost.
+    async fn replace(
+        &self,
+        path: &Path,
+        db: &crate::storage::Database,
+        new: Vec<SigningKey>,
+    ) -> Result<(), KeyRingError> {
+        let now = crate::time::now_ms();
+        for key in &self.current {
+            if !new.iter().any(|n| n.key_id() == key.key_id()) {
+                db.add_old_verify_key(&OldVerifyKey {
+                    key_id: key.key_id(),
+                    key: key.public_key_base64(),
+                    expired_ts: now,
+                })
+                .await?;
+            }
+        }
+        SigningKey::write_synapse_file(path, &new)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

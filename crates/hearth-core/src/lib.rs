@@ -14,6 +14,7 @@ pub mod random;
 pub mod redact;
 pub mod signed_json;
 pub mod storage;
+pub mod templates;
 pub mod time;
 
 pub use error::{ErrCode, MatrixError};

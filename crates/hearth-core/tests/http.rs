@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use hearth_core::MatrixError;
 use hearth_core::config::{HttpConfig, RateLimitConfig};
-use hearth_core::http::{ClientIp, Json, Listener, public_app, serve};
+use hearth_core::http::{ClientIp, HttpPolicy, Json, Listener, public_app, serve};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ fn routes() -> Router {
 /// `public_app`, after the test binary's tracing subscriber is in place.
 fn public(routes: Router, config: &HttpConfig) -> Router {
     init_tracing();
-    public_app(routes, config)
+    public_app([(routes, HttpPolicy::from_http(config))], config)
 }
 
 fn app(config: &HttpConfig) -> Router {
@@ -327,6 +327,37 @@ async fn json_extractor_rejects_bodies_over_the_limit_with_too_large() {
     assert!(small.len() <= 64);
     let reply = send(&app, request(Method::POST, "/echo", small)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+/// Each service's routes run under its own policy: one service's body
+/// limit does not bind another's, and unknown paths keep the spec's 404.
+#[tokio::test]
+async fn each_service_has_its_own_body_limit() {
+    init_tracing();
+    let config = HttpConfig::default();
+    let strict = HttpPolicy {
+        max_body_size: "32".parse().unwrap(),
+        ..HttpPolicy::from_http(&config)
+    };
+    let app = public_app(
+        [
+            (Router::new().route("/strict/echo", post(echo)), strict),
+            (
+                Router::new().route("/loose/echo", post(echo)),
+                HttpPolicy::from_http(&config),
+            ),
+        ],
+        &config,
+    );
+    let body = format!(r#"{{"name": "{}", "count": 1}}"#, "a".repeat(40));
+    let reply = send(&app, request(Method::POST, "/strict/echo", body.clone())).await;
+    assert_matrix_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    let reply = send(&app, request(Method::POST, "/loose/echo", body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = send(&app, request(Method::GET, "/nowhere", Body::empty())).await;
+    assert_matrix_error(&reply, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
+    let reply = send(&app, request(Method::GET, "/loose/echo", Body::empty())).await;
+    assert_matrix_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED");
 }
 
 /// The happy path of `hearth_core::http::Json`: a valid body reaches the

@@ -3,7 +3,9 @@
 //! `HEARTH_TEST_POSTGRES` holds a URL, in a fresh schema of their own.
 
 use hearth_core::keys::OldVerifyKey;
-use hearth_core::storage::{Backend, Database, StorageError, default_sqlite_url};
+use hearth_core::storage::{
+    Backend, Database, Migration, SCHEMA, Schema, StorageError, default_sqlite_url,
+};
 use sqlx::Row;
 use std::time::Duration;
 
@@ -19,8 +21,8 @@ fn key(key_id: &str, key: &str, expired_ts: i64) -> OldVerifyKey {
 
 /// What every backend must do the same way.
 async fn exercise(db: &Database) {
-    db.migrate().await.expect("first migration");
-    db.migrate()
+    db.migrate(&SCHEMA).await.expect("first migration");
+    db.migrate(&SCHEMA)
         .await
         .expect("a second migration is a no-op, not an error");
     db.ping().await.expect("ping");
@@ -55,13 +57,125 @@ async fn exercise(db: &Database) {
     assert_eq!(db.old_verify_keys().await.unwrap().last(), Some(&far));
 
     // Migrations still see the applied state after data went in.
-    db.migrate().await.expect("migrating a populated database");
+    db.migrate(&SCHEMA)
+        .await
+        .expect("migrating a populated database");
     assert_eq!(db.old_verify_keys().await.unwrap().len(), 5);
+
+    schemas(db).await;
 
     // A clone is a handle on the same pool.
     let clone = db.clone();
     clone.ping().await.unwrap();
     assert_eq!(clone.old_verify_keys().await.unwrap().len(), 5);
+}
+
+static BASE: Schema = Schema {
+    component: "test_base",
+    depends_on: &[&SCHEMA],
+    migrations: &[Migration {
+        description: "a table with an auto-incrementing key",
+        sql: "CREATE TABLE test_base (id AUTO_ID, name TEXT NOT NULL);
+              CREATE INDEX test_base_name ON test_base (name);",
+    }],
+};
+
+static ON_TOP: Schema = Schema {
+    component: "test_on_top",
+    depends_on: &[&BASE],
+    migrations: &[
+        Migration {
+            description: "first",
+            sql: "CREATE TABLE test_on_top (base_id BIGINT NOT NULL)",
+        },
+        Migration {
+            description: "second",
+            sql: "ALTER TABLE test_on_top ADD COLUMN note TEXT",
+        },
+    ],
+};
+
+static TOO_OLD: Schema = Schema {
+    component: "test_on_top",
+    depends_on: &[],
+    migrations: &[Migration {
+        description: "first",
+        sql: "CREATE TABLE test_on_top (base_id BIGINT NOT NULL)",
+    }],
+};
+
+/// Schemas run after those they depend on, each step once, with `AUTO_ID`
+/// spelled per backend; a database newer than the build is refused.
+async fn schemas(db: &Database) {
+    let applied = db.migrate(&ON_TOP).await.unwrap();
+    assert_eq!(
+        applied,
+        [
+            "test_base 1: a table with an auto-incrementing key",
+            "test_on_top 1: first",
+            "test_on_top 2: second",
+        ],
+        "core's own schema ran before, so only these are new"
+    );
+    assert!(db.migrate(&ON_TOP).await.unwrap().is_empty());
+    for name in ["a", "b"] {
+        sqlx::query("INSERT INTO test_base (name) VALUES ($1)")
+            .bind(name)
+            .execute(db.pool())
+            .await
+            .unwrap();
+    }
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM test_base ORDER BY id")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ids, [1, 2]);
+    sqlx::query("INSERT INTO test_on_top (base_id, note) VALUES (1, 'x')")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let err = db.migrate(&TOO_OLD).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::TooNew {
+                found: 2,
+                known: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A database made when sqlx's migrator ran the three original migrations
+/// keeps its tables: they are recorded as core 1, auth 1 and identity 1.
+#[tokio::test]
+async fn adopts_databases_made_by_the_sqlx_migrator() {
+    static AUTH_LIKE: Schema = Schema {
+        component: "auth",
+        depends_on: &[],
+        migrations: &[Migration {
+            description: "would fail if it ran again",
+            sql: "CREATE TABLE adopted_marker (x BIGINT)",
+        }],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::connect(&default_sqlite_url(dir.path()), 2, BUSY_TIMEOUT)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL);
+         INSERT INTO _sqlx_migrations VALUES (1, TRUE), (2, TRUE), (3, TRUE);
+         CREATE TABLE old_verify_keys (key_id TEXT PRIMARY KEY NOT NULL, public_key TEXT NOT NULL, expired_ts BIGINT NOT NULL);
+         CREATE TABLE adopted_marker (x BIGINT);",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    assert!(db.migrate(&SCHEMA).await.unwrap().is_empty());
+    assert!(db.migrate(&AUTH_LIKE).await.unwrap().is_empty());
+    db.close().await;
 }
 
 #[tokio::test]
@@ -112,7 +226,7 @@ async fn sqlite() {
 
     // Data persists in the file across a reconnect.
     let again = Database::connect(&url, 1, BUSY_TIMEOUT).await.unwrap();
-    again.migrate().await.unwrap();
+    again.migrate(&SCHEMA).await.unwrap();
     assert_eq!(again.old_verify_keys().await.unwrap().len(), 5);
     again.close().await;
 }
@@ -126,7 +240,7 @@ async fn sqlite_default_url_and_query_parameters() {
     let db = Database::connect(&default_sqlite_url(&data_dir), 2, BUSY_TIMEOUT)
         .await
         .unwrap();
-    db.migrate().await.unwrap();
+    db.migrate(&SCHEMA).await.unwrap();
     db.ping().await.unwrap();
     assert!(data_dir.join("hearth.db").is_file());
     db.close().await;
@@ -134,14 +248,14 @@ async fn sqlite_default_url_and_query_parameters() {
     let path = dir.path().join("other/with-params.db");
     let url = format!("sqlite://{}?cache=private", path.display());
     let db = Database::connect(&url, 2, BUSY_TIMEOUT).await.unwrap();
-    db.migrate().await.unwrap();
+    db.migrate(&SCHEMA).await.unwrap();
     assert!(path.is_file());
     db.close().await;
 }
 
 #[tokio::test]
 async fn postgres() {
-    let Some(db) = hearth_core::storage::testing::postgres().await else {
+    let Some(db) = hearth_core::storage::testing::postgres(&SCHEMA).await else {
         eprintln!("skipping the PostgreSQL storage test: HEARTH_TEST_POSTGRES is not set");
         return;
     };

@@ -94,6 +94,11 @@ impl FederationClient {
         })
     }
 
+    /// A client for URLs on the same connector (guard, roots, bounds).
+    pub fn outbound(&self) -> crate::Outbound {
+        crate::Outbound::new(self.connector.clone())
+    }
+
     pub fn origin(&self) -> Option<&Origin> {
         self.origin.as_deref()
     }

@@ -1,7 +1,12 @@
 //! Remote server keys: fetched from the origin's `/_matrix/key/v2/server`,
-//! checked to be self-signed by the server they name, cached for as long as
+//! checked to be self-signed by the server they name, kept for as long as
 //! they are valid (never longer than seven days, per room v5's rule), and
 //! used to verify X-Matrix requests.
+//!
+//! One [`KeyStore`] per process serves every service. Verified responses
+//! are stored in the database, so a restart (or another instance on the
+//! same PostgreSQL) does not fetch them again; a bounded in-memory layer in
+//! front saves the round trip for servers seen recently.
 
 use crate::client::{FederationClient, FederationError};
 use crate::xmatrix::{self, Destination, XMatrix, XMatrixError};
@@ -9,11 +14,28 @@ use hearth_core::canonical_json;
 use hearth_core::ids::ServerName;
 use hearth_core::keys::VerifyKey;
 use hearth_core::signed_json;
+use hearth_core::storage::{Database, Migration, Schema, StorageError};
 use hearth_core::time::now_ms;
+use lru::LruCache;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The federation crate's tables: other servers' verified keys.
+pub static SCHEMA: Schema = Schema {
+    component: "federation",
+    depends_on: &[&hearth_core::storage::SCHEMA],
+    migrations: &[Migration {
+        description: "remote server keys",
+        sql: include_str!("../migrations/0001_server_keys.sql"),
+    }],
+};
+
+/// Servers whose keys, failures and refetches are remembered in memory.
+const MEMORY_ENTRIES: usize = 10_000;
 
 /// Servers MUST use the lesser of `valid_until_ts` and seven days ahead.
 pub const MAX_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -46,6 +68,8 @@ pub enum KeyFetchError {
     Federation(#[from] FederationError),
     #[error("key response for {server} is invalid: {reason}")]
     Invalid { server: String, reason: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Parses a Server Keys object and checks it is signed by `expected` with
@@ -123,32 +147,40 @@ pub fn verify_server_keys(
 /// not turn into a fetch each.
 const REFETCH_BACKOFF: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Cache {
-    keys: HashMap<ServerName, Arc<ServerKeys>>,
+    keys: LruCache<ServerName, Arc<ServerKeys>>,
     /// When a fetch for this server last failed.
-    failed: HashMap<ServerName, Instant>,
+    failed: LruCache<ServerName, Instant>,
     /// When this server was last refetched because a key id was unknown.
-    refetched: HashMap<ServerName, Instant>,
+    refetched: LruCache<ServerName, Instant>,
 }
 
-/// Fetches and caches other servers' keys. Cheap to clone.
+/// Fetches, verifies and keeps other servers' keys. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     client: FederationClient,
+    db: Database,
     cache: Arc<Mutex<Cache>>,
 }
 
 impl KeyStore {
-    pub fn new(client: FederationClient) -> Self {
+    pub fn new(client: FederationClient, db: Database) -> Self {
+        let size = NonZeroUsize::new(MEMORY_ENTRIES).expect("not zero");
         Self {
             client,
-            cache: Arc::new(Mutex::new(Cache::default())),
+            db,
+            cache: Arc::new(Mutex::new(Cache {
+                keys: LruCache::new(size),
+                failed: LruCache::new(size),
+                refetched: LruCache::new(size),
+            })),
         }
     }
 
     /// `server`'s keys, usable until at least `minimum_valid_until_ts`:
-    /// from the cache when it has such, else straight from the origin.
+    /// from memory or the database when they hold such, else straight from
+    /// the origin.
     pub async fn server_keys(
         &self,
         server: &ServerName,
@@ -158,8 +190,17 @@ impl KeyStore {
             server: server.to_string(),
             reason: format!("its keys are valid only until {}", keys.usable_until()),
         };
-        let cached = self.cache().keys.get(server).cloned();
-        if let Some(keys) = cached {
+        let mut known = self.cache().keys.get(server).cloned();
+        if known
+            .as_ref()
+            .is_none_or(|k| k.usable_until() < minimum_valid_until_ts)
+            && let Some(stored) = self.load(server).await?
+        {
+            let stored = Arc::new(stored);
+            self.cache().keys.put(server.clone(), stored.clone());
+            known = Some(stored);
+        }
+        if let Some(keys) = known {
             if keys.usable_until() >= minimum_valid_until_ts {
                 return Ok(keys);
             }
@@ -174,6 +215,58 @@ impl KeyStore {
             return Err(too_short(&keys));
         }
         Ok(keys)
+    }
+
+    /// The stored response for `server`, checked again: the database is
+    /// shared, and a row that no longer verifies is not trusted.
+    async fn load(&self, server: &ServerName) -> Result<Option<ServerKeys>, KeyFetchError> {
+        let row = sqlx::query(
+            "SELECT response, fetched_ts FROM federation_server_keys WHERE server_name = $1",
+        )
+        .bind(server.as_str())
+        .fetch_optional(self.db.pool())
+        .await
+        .map_err(StorageError::from)?;
+        let Some(row) = row else { return Ok(None) };
+        let response: String = row.try_get("response").map_err(StorageError::from)?;
+        let fetched_ts: i64 = row.try_get("fetched_ts").map_err(StorageError::from)?;
+        let parsed = canonical_json::parse(response.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|raw| verify_server_keys(raw, server, fetched_ts).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(keys) => Ok(Some(keys)),
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "a stored key response no longer verifies; ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Keeps a verified response, unless a newer one is already stored.
+    async fn store(&self, keys: &ServerKeys) -> Result<(), KeyFetchError> {
+        // Verified objects are canonical already (`verify_server_keys`).
+        let response =
+            canonical_json::to_string(&keys.raw).map_err(|e| KeyFetchError::Invalid {
+                server: keys.server_name.to_string(),
+                reason: e.to_string(),
+            })?;
+        sqlx::query(
+            "INSERT INTO federation_server_keys (server_name, response, fetched_ts, valid_until_ts)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (server_name) DO UPDATE SET
+                 response = excluded.response,
+                 fetched_ts = excluded.fetched_ts,
+                 valid_until_ts = excluded.valid_until_ts
+             WHERE federation_server_keys.fetched_ts <= excluded.fetched_ts",
+        )
+        .bind(keys.server_name.as_str())
+        .bind(response)
+        .bind(keys.fetched_ts)
+        .bind(keys.valid_until_ts)
+        .execute(self.db.pool())
+        .await
+        .map_err(StorageError::from)?;
+        Ok(())
     }
 
     /// The current key `key_id` of `server`, valid now. An id missing from
@@ -192,9 +285,7 @@ impl KeyStore {
             .get(server)
             .is_some_and(|t| t.elapsed() < REFETCH_BACKOFF);
         if !recently {
-            self.cache()
-                .refetched
-                .insert(server.clone(), Instant::now());
+            self.cache().refetched.put(server.clone(), Instant::now());
             let keys = self.fetch(server).await.map_err(|e| e.to_string())?;
             if let Some(key) = keys.verify_keys.get(key_id)
                 && keys.usable_until() >= now_ms()
@@ -219,16 +310,17 @@ impl KeyStore {
             Ok(raw) => verify_server_keys(raw, server, fetched_ts),
             Err(e) => Err(e.into()),
         };
-        let mut cache = self.cache();
         match result {
             Ok(keys) => {
+                self.store(&keys).await?;
                 let keys = Arc::new(keys);
-                cache.failed.remove(server);
-                cache.keys.insert(server.clone(), keys.clone());
+                let mut cache = self.cache();
+                cache.failed.pop(server);
+                cache.keys.put(server.clone(), keys.clone());
                 Ok(keys)
             }
             Err(e) => {
-                cache.failed.insert(server.clone(), Instant::now());
+                self.cache().failed.put(server.clone(), Instant::now());
                 Err(e)
             }
         }

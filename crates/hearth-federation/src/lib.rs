@@ -5,19 +5,22 @@
 //! [`connect`] dials one endpoint with TLS and bounds the exchange in time and
 //! size, [`resolve`] turns a server name into endpoints per the spec,
 //! [`client`] puts them together, [`xmatrix`] signs and verifies requests and
-//! [`keys`] fetches and caches the keys that verification needs.
+//! [`keys`] fetches and caches the keys that verification needs. [`outbound`]
+//! sends requests to URLs through the same connector.
 
 pub mod client;
 pub mod config;
 pub mod connect;
 pub mod guard;
 pub mod keys;
+pub mod outbound;
 pub mod resolve;
 pub mod xmatrix;
 
 pub use client::{FederationClient, FederationError};
 pub use config::FederationConfig;
-pub use keys::KeyStore;
+pub use keys::{KeyStore, SCHEMA};
+pub use outbound::{Outbound, Target};
 
 use std::future::Future;
 use std::pin::Pin;

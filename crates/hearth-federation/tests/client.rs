@@ -680,9 +680,12 @@ async fn key_server(
     (server, keys)
 }
 
-/// A key store that reaches the test servers.
-fn key_store(ca: &TestCa, hosts: &[&str]) -> KeyStore {
-    KeyStore::new(client(&config(Some(ca), true), &fake_dns(hosts)))
+/// A key store that reaches the test servers, on a fresh SQLite database
+/// (kept for as long as the test runs).
+async fn key_store(ca: &TestCa, hosts: &[&str]) -> (KeyStore, tempfile::TempDir) {
+    let (db, dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
+    let store = KeyStore::new(client(&config(Some(ca), true), &fake_dns(hosts)), db);
+    (store, dir)
 }
 
 /// Server-Server API, "Retrieving server keys" (`GET /_matrix/key/v2/server`):
@@ -692,7 +695,7 @@ async fn server_keys_are_fetched_verified_and_cached() {
     let ca = TestCa::new();
     let key = signing_key("k1", 7);
     let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let store = key_store(&ca, &["origin.test"]);
+    let (store, _db) = key_store(&ca, &["origin.test"]).await;
 
     let keys = store.server_keys(&origin, now_ms()).await.unwrap();
     assert_eq!(keys.server_name, origin);
@@ -709,13 +712,39 @@ async fn server_keys_are_fetched_verified_and_cached() {
     assert_eq!(server.fetches(), 1);
 }
 
+/// The verified response is kept in the database: a new store on the same
+/// database (a restart, or another instance) answers without fetching.
+#[tokio::test]
+async fn server_keys_survive_a_restart_in_the_database() {
+    let ca = TestCa::new();
+    let key = signing_key("k1", 7);
+    let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
+    let (db, _dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
+    let fresh_store = || {
+        KeyStore::new(
+            client(&config(Some(&ca), true), &fake_dns(&["origin.test"])),
+            db.clone(),
+        )
+    };
+    let first = fresh_store().server_keys(&origin, now_ms()).await.unwrap();
+    let restarted = fresh_store().server_keys(&origin, now_ms()).await.unwrap();
+    assert_eq!(restarted.raw, first.raw);
+    assert_eq!(server.fetches(), 1);
+
+    // Keys too short-lived for the caller, fetched moments ago: asking the
+    // origin again now would get the same answer, so it is not asked.
+    let later = restarted.usable_until() + 1;
+    assert!(fresh_store().server_keys(&origin, later).await.is_err());
+    assert_eq!(server.fetches(), 1);
+}
+
 /// Server-Server API, "Retrieving server keys": an object not signed by one
 /// of its own keys, or naming another server, is refused.
 #[tokio::test]
 async fn server_keys_not_self_signed_are_refused() {
     let ca = TestCa::new();
     let key = signing_key("k1", 7);
-    let store = key_store(&ca, &["evil.test"]);
+    let (store, _db) = key_store(&ca, &["evil.test"]).await;
 
     // Signed by a stranger's key, under its own id and under ours.
     for signer in [signing_key("other", 8), signing_key("k1", 8)] {
@@ -744,7 +773,7 @@ async fn x_matrix_requests_verify_against_fetched_keys() {
     let ca = TestCa::new();
     let key = signing_key("k1", 7);
     let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
-    let store = key_store(&ca, &["origin.test"]);
+    let (store, _db) = key_store(&ca, &["origin.test"]).await;
     let content =
         json!({"mxid": "@alice:origin.test", "threepid": {"medium": "email", "address": "a@b.c"}});
 
@@ -778,7 +807,7 @@ async fn x_matrix_requests_that_do_not_match_are_refused() {
     let ca = TestCa::new();
     let key = signing_key("k1", 7);
     let (origin, _server) = key_server(&ca, "origin.test", &key, &key).await;
-    let store = key_store(&ca, &["origin.test"]);
+    let (store, _db) = key_store(&ca, &["origin.test"]).await;
     let uri = "/_matrix/federation/v1/send/txn1";
     let content = json!({"pdus": [], "edus": []});
     let dest = Destination::Server(name("dest.test"));
@@ -868,7 +897,7 @@ async fn x_matrix_from_a_server_with_badly_signed_keys_is_refused() {
     let ca = TestCa::new();
     let key = signing_key("k1", 7);
     let (evil, _) = key_server(&ca, "evil.test", &key, &signing_key("other", 8)).await;
-    let store = key_store(&ca, &["evil.test"]);
+    let (store, _db) = key_store(&ca, &["evil.test"]).await;
     let dest = Destination::Server(name("dest.test"));
     let header = sign_request(&key, &evil, &dest, "GET", "/x", None).unwrap();
 
@@ -930,9 +959,10 @@ async fn send_signed_is_verified_by_the_destination() {
 
     let (tcp, dest_port) = bind().await;
     let dest = name(&format!("dest.test:{dest_port}"));
+    let (keys, _db) = key_store(&ca, &["origin.test"]).await;
     let destined = Destined {
         me: dest.clone(),
-        keys: key_store(&ca, &["origin.test"]),
+        keys,
     };
     let router = Router::new()
         .fallback(any(authenticated_echo))
@@ -1007,7 +1037,7 @@ async fn x_matrix_with_expired_keys_is_refused_without_refetch_storms() {
     let key = signing_key("k1", 7);
     let (origin, server) = key_server(&ca, "origin.test", &key, &key).await;
     server.publish(keys_object(origin.as_str(), &key, &key, now_ms() - 60_000));
-    let store = key_store(&ca, &["origin.test"]);
+    let (store, _db) = key_store(&ca, &["origin.test"]).await;
     let ours = Destination::Server(name("dest.test"));
     let header = sign_request(&key, &origin, &ours, "GET", "/x", None).unwrap();
     for _ in 0..3 {
@@ -1031,7 +1061,7 @@ async fn x_matrix_notices_key_rotation() {
     let k1 = signing_key("k1", 7);
     let k2 = signing_key("k2", 8);
     let (origin, server) = key_server(&ca, "origin.test", &k1, &k1).await;
-    let store = key_store(&ca, &["origin.test"]);
+    let (store, _db) = key_store(&ca, &["origin.test"]).await;
     let ours = Destination::Server(name("dest.test"));
     let with_k1 = sign_request(&k1, &origin, &ours, "GET", "/x", None).unwrap();
     assert_eq!(

@@ -101,6 +101,9 @@ pub struct SmsConfig {
     pub sender: SmsSender,
     /// For `http`: the gateway URL receiving `{"to", "text"}` as JSON.
     pub http_url: Option<String>,
+    /// For `http`: the gateway is on the operator's own network, so private
+    /// and loopback addresses may be dialled for it.
+    pub http_allow_private: bool,
     /// For `http`: the `Authorization` header value.
     pub http_authorization: Option<Secret>,
     pub http_authorization_file: Option<PathBuf>,
@@ -119,6 +122,7 @@ impl Default for SmsConfig {
         Self {
             sender: SmsSender::Log,
             http_url: None,
+            http_allow_private: false,
             http_authorization: None,
             http_authorization_file: None,
             twilio_account_sid: None,

@@ -13,6 +13,7 @@
 use crate::config::{EmailConfig, SmtpTls};
 use hearth_core::config::resolve_secret;
 use hearth_core::http::RateLimiter;
+use hearth_core::templates::{TemplateError, Templates};
 use hearth_core::{ErrCode, MatrixError};
 use http::StatusCode;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
@@ -22,7 +23,6 @@ use lettre::transport::smtp::{AsyncSmtpTransport, AsyncSmtpTransportBuilder};
 use lettre::{Address, AsyncTransport, Message, Tokio1Executor};
 use serde_json::Value;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -86,88 +86,17 @@ impl Template {
     }
 }
 
-/// The template set: built-ins, then the operator's files over them.
-pub(crate) struct Templates {
-    env: minijinja::Environment<'static>,
-    brand: String,
-}
-
-impl fmt::Debug for Templates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Templates")
-            .field(
-                "names",
-                &self.env.templates().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl Templates {
-    /// Loads the built-ins and, from `dir`, every `.txt` and `.html` file:
-    /// one named like a built-in replaces it, others can be included by
-    /// the overrides. Every template is parsed now, so a broken override
-    /// stops startup instead of a mail.
-    pub(crate) fn load(dir: Option<&Path>, brand: &str) -> Result<Self, String> {
-        let mut env = minijinja::Environment::new();
-        // Text templates read naturally with these: a `{% if %}` line
-        // leaves no blank line behind.
-        env.set_syntax(
-            minijinja::syntax::SyntaxConfig::builder()
-                .trim_blocks(true)
-                .lstrip_blocks(true)
-                .build()
-                .map_err(|e| format!("template syntax: {e}"))?,
-        );
-        for (name, source) in BUILT_IN {
-            env.add_template(name, source)
-                .map_err(|e| format!("built-in template {name}: {e}"))?;
-        }
-        if let Some(dir) = dir {
-            let at = |e: &dyn fmt::Display| {
-                format!("identity.email.templates_dir {}: {e}", dir.display())
-            };
-            for entry in std::fs::read_dir(dir).map_err(|e| at(&e))? {
-                let path = entry.map_err(|e| at(&e))?.path();
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                if !path.is_file() || !(name.ends_with(".txt") || name.ends_with(".html")) {
-                    continue;
-                }
-                let source = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("template {}: {e}", path.display()))?;
-                env.add_template_owned(name.to_owned(), source)
-                    .map_err(|e| format!("template {}: {e}", path.display()))?;
-            }
-        }
-        Ok(Self {
-            env,
-            brand: brand.to_owned(),
-        })
-    }
-
-    /// Renders `name` with `context` plus `brand` (unless the context sets
-    /// its own). HTML templates escape every value.
-    pub(crate) fn render(&self, name: &str, context: &Value) -> Result<String, MatrixError> {
-        let mut context = match context {
-            Value::Object(map) => map.clone(),
-            Value::Null => serde_json::Map::new(),
-            _ => {
-                return Err(MatrixError::internal(format_args!(
-                    "template {name}: the context is not an object"
-                )));
-            }
-        };
-        context
-            .entry("brand")
-            .or_insert_with(|| Value::String(self.brand.clone()));
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&context))))
-            // The error names the template and line, never the context.
-            .map_err(|e| MatrixError::internal(format_args!("rendering template {name}: {e}")))
-    }
+/// The identity service's templates: the built-ins under the operator's
+/// `identity.email.templates_dir`, with `brand` in every context.
+pub(crate) fn load_templates(config: &EmailConfig) -> Result<Templates, TemplateError> {
+    let mut defaults = serde_json::Map::new();
+    defaults.insert("brand".to_owned(), Value::String(config.brand.clone()));
+    Templates::load(
+        BUILT_IN,
+        config.templates_dir.as_deref(),
+        "identity.email.templates_dir",
+        defaults,
+    )
 }
 
 /// Sends mail over SMTP. The connection pool is built on first use, inside
@@ -242,7 +171,7 @@ impl Mailer {
             pool: OnceLock::new(),
             message_id_domain: from.email.domain().to_owned(),
             from,
-            templates: Templates::load(config.templates_dir.as_deref(), &config.brand)?,
+            templates: load_templates(config).map_err(|e| e.to_string())?,
             per_address: RateLimiter::per_period(
                 config.per_address_burst,
                 config.per_address_period.0,
@@ -385,7 +314,11 @@ mod tests {
     /// `brand` comes from config unless the context sets it.
     #[test]
     fn built_in_templates_render() {
-        let templates = Templates::load(None, "Example Chat").unwrap();
+        let templates = load_templates(&EmailConfig {
+            brand: "Example Chat".to_owned(),
+            ..EmailConfig::default()
+        })
+        .unwrap();
         let validation = json!({
             "token": "tok_123",
             "link": "https://is.example/_matrix/identity/v2/validate/email/submitToken?sid=1&client_secret=s&token=tok_123",
@@ -478,7 +411,12 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("footer.txt"), "{{ brand }} says").unwrap();
         std::fs::write(dir.path().join("notes.md"), "{{ broken").unwrap();
-        let templates = Templates::load(Some(dir.path()), "Brand").unwrap();
+        let config = |dir: &std::path::Path| EmailConfig {
+            brand: "Brand".to_owned(),
+            templates_dir: Some(dir.to_owned()),
+            ..EmailConfig::default()
+        };
+        let templates = load_templates(&config(dir.path())).unwrap();
         let text = templates
             .render("validation.txt", &json!({"token": "t0k"}))
             .unwrap();
@@ -492,9 +430,11 @@ mod tests {
         assert!(html.contains("t0k") && html.contains("<html"));
 
         std::fs::write(dir.path().join("invite.html"), "{% if %}").unwrap();
-        let broken = Templates::load(Some(dir.path()), "Brand").unwrap_err();
+        let broken = load_templates(&config(dir.path())).unwrap_err().to_string();
         assert!(broken.contains("invite.html"), "{broken}");
-        let missing = Templates::load(Some(&dir.path().join("nope")), "Brand").unwrap_err();
+        let missing = load_templates(&config(&dir.path().join("nope")))
+            .unwrap_err()
+            .to_string();
         assert!(
             missing.contains("identity.email.templates_dir"),
             "{missing}"

@@ -26,18 +26,30 @@ pub use config::{Config, EmailConfig, InvitesConfig, SmsConfig, SmsSender, SmtpT
 pub use gdpr::{export, forget};
 pub use lookup::rotate_pepper_if_due;
 pub use outbox::{OutboxSettings, run_outbox, run_outbox_with};
-pub use sydent::{SydentImport, import_sydent};
+pub use sydent::{SydentError, SydentImport, import_sydent, sydent_signing_key};
 
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use hearth_auth::Auth;
+use hearth_core::config::ByteSize;
 use hearth_core::ids::ServerName;
 use hearth_core::keys::SigningKey;
-use hearth_core::storage::Database;
-use hearth_federation::{FederationClient, KeyStore};
+use hearth_core::storage::{Database, Migration, Schema};
+use hearth_federation::{FederationClient, KeyStore, Outbound};
+use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError, Task};
 use std::ops::Deref;
 use std::sync::Arc;
+
+/// The identity service's tables, after the auth tables it uses.
+pub static SCHEMA: Schema = Schema {
+    component: "identity",
+    depends_on: &[&hearth_auth::SCHEMA, &hearth_federation::SCHEMA],
+    migrations: &[Migration {
+        description: "peppers, associations, sessions, invites, onbind outbox",
+        sql: include_str!("../migrations/0001_identity.sql"),
+    }],
+};
 
 /// Everything the identity service's handlers share.
 #[derive(Debug)]
@@ -49,7 +61,10 @@ pub struct Identity {
     pub db: Database,
     pub auth: Auth,
     pub federation: FederationClient,
+    /// The process's shared store of other servers' keys (X-Matrix unbind).
     pub keys: KeyStore,
+    /// The guarded client SMS gateways are reached through.
+    pub outbound: Outbound,
     pub(crate) index: lookup::LookupIndex,
     pub(crate) mailer: email::Mailer,
     pub(crate) sms: sms::Sender,
@@ -114,50 +129,123 @@ fn public_base_url(server_name: &ServerName, config: &Config) -> String {
 
 /// Checks the config without opening anything: templates, SMS sender and
 /// terms policies (for `hearth config check`).
-pub fn check(server_name: &ServerName, config: &Config) -> Result<(), String> {
-    email::Mailer::new(&config.email)?;
-    sms::Sender::new(&config.sms)?;
+pub fn check(server_name: &ServerName, config: &Config) -> Result<(), ServiceError> {
+    email::Mailer::new(&config.email).map_err(ServiceError::Config)?;
+    sms::Sender::new(&config.sms).map_err(ServiceError::Config)?;
     hearth_auth::Terms::new(
         SERVICE,
         &config.auth.terms,
         &public_base_url(server_name, config),
-    )?;
+    )
+    .map_err(ServiceError::Config)?;
     Ok(())
 }
 
-/// Builds the identity service from its parts, checking its config.
-pub fn build(
-    server_name: ServerName,
-    signing_key: SigningKey,
-    db: Database,
-    federation: FederationClient,
-    config: Config,
-) -> Result<IdentityState, String> {
-    let public_base_url = public_base_url(&server_name, &config);
+/// Builds the identity service on the shared context.
+pub fn build(config: &Config, ctx: &Context) -> Result<IdentityState, ServiceError> {
+    let public_base_url = public_base_url(&ctx.server_name, config);
     let auth = Auth::new(
         SERVICE,
-        db.clone(),
-        federation.clone(),
+        ctx.db.clone(),
+        ctx.federation.clone(),
         &config.auth,
         &public_base_url,
         // Synapse still sends `?access_token=` (to `/hash_details`, v1.11-era).
         &["access_token"],
-    )?;
-    let mailer = email::Mailer::new(&config.email)?;
-    let sms = sms::Sender::new(&config.sms)?;
+    )
+    .map_err(ServiceError::Config)?;
+    let mailer = email::Mailer::new(&config.email).map_err(ServiceError::Config)?;
+    let sms = sms::Sender::new(&config.sms).map_err(ServiceError::Config)?;
+    let signing_key = ctx
+        .keys
+        .signing_key()
+        .map_err(|e| ServiceError::Start(e.to_string()))?
+        .clone();
     Ok(IdentityState(Arc::new(Identity {
-        server_name,
+        server_name: ctx.server_name.clone(),
         public_base_url,
         signing_key,
-        keys: KeyStore::new(federation.clone()),
-        db,
+        keys: ctx.remote_keys.clone(),
+        outbound: ctx.outbound.clone(),
+        db: ctx.db.clone(),
         auth,
-        federation,
+        federation: ctx.federation.clone(),
         index: lookup::LookupIndex::default(),
         mailer,
         sms,
-        config,
+        config: config.clone(),
     })))
+}
+
+impl Service for Config {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn check(&self, server_name: &ServerName) -> Result<(), ServiceError> {
+        check(server_name, self)
+    }
+
+    fn build<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<Parts, ServiceError>> {
+        Box::pin(async move {
+            let state = build(self, ctx)?;
+            let mut policy = HttpPolicy::from_http(&ctx.http);
+            // A `/lookup` of `max_lookup_addresses` hashes (43 characters
+            // each, quoted) must fit, whatever the shared default.
+            let lookup_body = self.max_lookup_addresses.saturating_mul(48) + 1024;
+            policy.max_body_size = ByteSize(policy.max_body_size.0.max(lookup_body));
+            Ok(Parts {
+                routes: Some(Routes {
+                    router: router(state.clone()),
+                    policy,
+                }),
+                tasks: vec![
+                    Task::new(
+                        "identity upkeep",
+                        run_background(state.clone(), ctx.shutdown.wait()),
+                    ),
+                    Task::new(
+                        "identity onbind outbox",
+                        run_outbox(state.clone(), ctx.shutdown.wait()),
+                    ),
+                ],
+                summary: vec![format!(
+                    "identity  {}/_matrix/identity/v2",
+                    state.public_base_url
+                )],
+                advice: advice(self),
+            })
+        })
+    }
+}
+
+/// What production still needs from this section.
+fn advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    if config.auth.terms.policies.is_empty() {
+        advice.push(
+            "publish terms of service for the identity server (identity.auth.terms)".to_owned(),
+        );
+    }
+    if config.email.from == EmailConfig::default().from {
+        advice.push(
+            "set identity.email (SMTP server and From address) for validation mails".to_owned(),
+        );
+    }
+    if config.sms.sender == SmsSender::Log {
+        advice.push(
+            "choose an SMS sender (identity.sms.sender) to validate phone numbers".to_owned(),
+        );
+    }
+    advice
 }
 
 pub fn router(state: IdentityState) -> Router {
@@ -202,10 +290,7 @@ pub fn router(state: IdentityState) -> Router {
     Router::new()
         .route("/_matrix/identity/versions", get(status::versions))
         .nest("/_matrix/identity/v2", v2)
-        .route(
-            "/_hearth/terms/{service}/{id}/{version}/{lang}",
-            get(hearth_auth::terms_document),
-        )
+        .merge(state.auth.terms_document_route())
         .with_state(state)
 }
 

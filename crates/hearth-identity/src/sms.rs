@@ -7,24 +7,22 @@
 //!   operator-run gateway, with `Authorization: <http_authorization>`;
 //! - `twilio` uses Twilio's Messages API.
 //!
-//! No redirect is followed and no address guard applies: the gateway URL is
-//! the operator's own choice (often a service on their private network), so
-//! it is the one destination these requests may reach, and a gateway cannot
-//! bounce them anywhere else. Failures are logged with the HTTP status only,
-//! since gateways' bodies may quote the number.
+//! Gateways are reached through the shared guarded client
+//! (`hearth_federation::Outbound`): no redirect is followed, time and size
+//! are bounded, and a private address is refused unless the operator says
+//! the gateway lives on their network (`sms.http_allow_private`). Failures
+//! are logged with the HTTP status only, since gateways' bodies may quote
+//! the number.
 
 use crate::config::{SmsConfig, SmsSender};
 use hearth_core::config::{Secret, resolve_secret};
 use hearth_core::http::RateLimiter;
 use hearth_core::{ErrCode, MatrixError};
-use http::StatusCode;
+use hearth_federation::{Outbound, Target};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// The whole exchange with a gateway, connection included.
-const TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TWILIO_API: &str = "https://api.twilio.com/2010-04-01/Accounts";
 
 pub(crate) struct Sender {
@@ -35,13 +33,11 @@ pub(crate) struct Sender {
 enum Gateway {
     Log,
     Http {
-        client: reqwest::Client,
-        url: reqwest::Url,
+        target: Target,
         authorization: Option<Secret>,
     },
     Twilio {
-        client: reqwest::Client,
-        url: String,
+        target: Target,
         account_sid: String,
         auth_token: Secret,
         /// A sender number, or a Messaging Service SID (`MG...`).
@@ -53,7 +49,7 @@ impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let gateway = match &self.gateway {
             Gateway::Log => "log".to_owned(),
-            Gateway::Http { url, .. } => format!("http {}", url.origin().ascii_serialization()),
+            Gateway::Http { target, .. } => format!("http {}", target.origin()),
             Gateway::Twilio { .. } => "twilio".to_owned(),
         };
         f.debug_struct("Sender")
@@ -73,15 +69,10 @@ impl Sender {
                     .http_url
                     .as_deref()
                     .ok_or("identity.sms.sender = \"http\" needs identity.sms.http_url")?;
-                let url = reqwest::Url::parse(raw)
-                    .ok()
-                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                    .ok_or_else(|| {
-                        format!("identity.sms.http_url {raw:?}: not an http or https URL")
-                    })?;
+                let target = Target::parse(raw, config.http_allow_private)
+                    .map_err(|e| format!("identity.sms.http_url: {e}"))?;
                 Gateway::Http {
-                    client: http_client()?,
-                    url,
+                    target,
                     authorization: resolve_secret(
                         "identity.sms.http_authorization",
                         config.http_authorization.as_ref(),
@@ -115,8 +106,11 @@ impl Sender {
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| missing("twilio_from"))?;
                 Gateway::Twilio {
-                    client: http_client()?,
-                    url: format!("{TWILIO_API}/{account_sid}/Messages.json"),
+                    target: Target::parse(
+                        &format!("{TWILIO_API}/{account_sid}/Messages.json"),
+                        false,
+                    )
+                    .map_err(|e| format!("identity.sms.twilio_account_sid: {e}"))?,
                     account_sid,
                     auth_token,
                     from,
@@ -142,31 +136,40 @@ impl Sender {
         &self.per_number
     }
 
-    /// Sends `text` to `msisdn` (E.164 digits without `+`). Failure is 500
-    /// `M_SEND_ERROR`.
-    pub(crate) async fn send(&self, msisdn: &str, text: &str) -> Result<(), MatrixError> {
+    /// Sends `text` to `msisdn` (E.164 digits without `+`) through
+    /// `outbound`. Failure is 500 `M_SEND_ERROR`.
+    pub(crate) async fn send(
+        &self,
+        outbound: &Outbound,
+        msisdn: &str,
+        text: &str,
+    ) -> Result<(), MatrixError> {
         let to = format!("+{msisdn}");
-        let (gateway, result) = match &self.gateway {
+        let mut headers = HeaderMap::new();
+        let (gateway, target, body) = match &self.gateway {
             Gateway::Log => {
                 tracing::info!(text, "SMS not sent (log sender)");
                 return Ok(());
             }
             Gateway::Http {
-                client,
-                url,
+                target,
                 authorization,
             } => {
-                let mut request = client
-                    .post(url.clone())
-                    .json(&serde_json::json!({ "to": to, "text": text }));
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 if let Some(authorization) = authorization {
-                    request = request.header(http::header::AUTHORIZATION, authorization.expose());
+                    headers.insert(
+                        http::header::AUTHORIZATION,
+                        header_value(authorization.expose())?,
+                    );
                 }
-                ("http", request.send().await)
+                let body = serde_json::json!({ "to": to, "text": text }).to_string();
+                ("http", target, body)
             }
             Gateway::Twilio {
-                client,
-                url,
+                target,
                 account_sid,
                 auth_token,
                 from,
@@ -176,33 +179,51 @@ impl Sender {
                 } else {
                     "From"
                 };
-                let request = client
-                    .post(url)
-                    .basic_auth(account_sid, Some(auth_token.expose()))
-                    .form(&[
-                        ("To", to.as_str()),
-                        (from_key, from.as_str()),
-                        ("Body", text),
-                    ]);
-                ("twilio", request.send().await)
+                let basic = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{account_sid}:{}", auth_token.expose()),
+                );
+                headers.insert(
+                    http::header::AUTHORIZATION,
+                    header_value(&format!("Basic {basic}"))?,
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("To", &to)
+                    .append_pair(from_key, from)
+                    .append_pair("Body", text)
+                    .finish();
+                ("twilio", target, body)
             }
         };
-        match result {
-            Ok(response) if response.status().is_success() => {
+        match outbound
+            .send(Method::POST, target, headers, body.into())
+            .await
+        {
+            Ok(response) if response.status.is_success() => {
                 tracing::info!(gateway, "SMS sent");
                 Ok(())
             }
             Ok(response) => {
-                tracing::warn!(gateway, status = %response.status(), "SMS gateway refused the message");
+                tracing::warn!(gateway, status = %response.status, "SMS gateway refused the message");
                 Err(send_error())
             }
             Err(e) => {
-                // Without the URL: an operator's may carry an API key.
-                tracing::warn!(gateway, error = %e.without_url(), "SMS gateway could not be reached");
+                // The error names the host at most, never the path or key.
+                tracing::warn!(gateway, error = %e, "SMS gateway could not be reached");
                 Err(send_error())
             }
         }
     }
+}
+
+/// A secret as a header value; one with a newline cannot be sent.
+fn header_value(value: &str) -> Result<HeaderValue, MatrixError> {
+    HeaderValue::from_str(value)
+        .map_err(|_| MatrixError::internal("an SMS gateway credential is not a valid header value"))
 }
 
 fn send_error() -> MatrixError {
@@ -211,27 +232,6 @@ fn send_error() -> MatrixError {
         ErrCode("M_SEND_ERROR"),
         "The SMS could not be sent",
     )
-}
-
-/// A client with rustls on ring and the system's roots, bounded in time,
-/// that follows no redirect.
-fn http_client() -> Result<reqwest::Client, String> {
-    let roots = hearth_federation::connect::root_store(None)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS for SMS gateways: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client for SMS gateways: {e}"))
 }
 
 #[cfg(test)]

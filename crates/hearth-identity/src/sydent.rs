@@ -1,10 +1,11 @@
 //! Moving a Sydent deployment to Hearth: bindings, pending invites and the
-//! ephemeral invite keys from `sydent.db`. (The signing key lives in
-//! `sydent.conf`; the binary imports it as Hearth's key, so signatures
-//! Sydent made stay valid.)
+//! ephemeral invite keys from `sydent.db`, and the signing key from
+//! `sydent.conf` (which the binary makes Hearth's key, so signatures Sydent
+//! made stay valid).
 
 use crate::lookup;
 use crate::threepid::canonical;
+use hearth_core::keys::{KeyError, SigningKey};
 use hearth_core::storage::Database;
 use hearth_core::time::now_ms;
 use sqlx::Row;
@@ -21,14 +22,67 @@ pub struct SydentImport {
     pub skipped: u64,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SydentError {
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("writing Hearth's database: {0}")]
+    Write(#[source] sqlx::Error),
+    #[error("updating the lookup change log: {0}")]
+    Lookup(String),
+    #[error("reading Sydent's config {path}: {source}")]
+    Config {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no [crypto] ed25519.signingkey")]
+    NoSigningKey(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Sydent's signing key, from `[crypto] ed25519.signingkey` in its config,
+/// in the same `ed25519 <version> <seed>` form as Synapse's key file. The
+/// config is Python's INI dialect: `=` or `:` between key and value, keys
+/// in any case.
+pub fn sydent_signing_key(conf: &Path) -> Result<Vec<SigningKey>, SydentError> {
+    let path = conf.display().to_string();
+    let text = std::fs::read_to_string(conf).map_err(|source| SydentError::Config {
+        path: path.clone(),
+        source,
+    })?;
+    let mut section = "";
+    let mut value = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim();
+        } else if section.eq_ignore_ascii_case("crypto")
+            && let Some((key, v)) = line.split_once(['=', ':'])
+            && key.trim().eq_ignore_ascii_case("ed25519.signingkey")
+        {
+            value = Some(v.trim());
+        }
+    }
+    let value = value.ok_or_else(|| SydentError::NoSigningKey(path.clone()))?;
+    Ok(SigningKey::parse_synapse(value, &path)?)
+}
+
 /// Copies Sydent's local bindings, its invites for addresses that are not
 /// bound yet and still valid, and its ephemeral keys. A Hearth binding of
 /// the same 3PID is replaced only by a newer Sydent one, so running the
 /// import again does no harm; but a binding removed in Hearth since would
 /// come back, so import once, when switching over.
-pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImport, String> {
+pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImport, SydentError> {
+    let path = sydent_db.display().to_string();
     if !sydent_db.is_file() {
-        return Err(format!("{}: not found", sydent_db.display()));
+        return Err(SydentError::NotFound(path));
     }
     sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=ro", sydent_db.display());
@@ -36,9 +90,15 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         .max_connections(1)
         .connect(&url)
         .await
-        .map_err(|e| format!("{}: {e}", sydent_db.display()))?;
-    let read = |e: sqlx::Error| format!("reading {}: {e}", sydent_db.display());
-    let write = |e: sqlx::Error| format!("writing Hearth's database: {e}");
+        .map_err(|source| SydentError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    let read = |source| SydentError::Read {
+        path: path.clone(),
+        source,
+    };
+    let write = SydentError::Write;
     let mut report = SydentImport::default();
 
     // Deleted bindings are rows with a NULL mxid in older Sydent schemas.
@@ -85,7 +145,7 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         }
         lookup::record_change(&mut tx, &medium, &address, Some(&mxid))
             .await
-            .map_err(|e| e.error)?;
+            .map_err(|e| SydentError::Lookup(e.error))?;
         report.associations += 1;
     }
 

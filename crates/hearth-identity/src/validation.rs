@@ -159,7 +159,10 @@ pub(crate) async fn msisdn_request_token(
             .templates()
             .render("validation_sms.txt", &json!({ "token": token }));
         async {
-            state.sms.send(&number.msisdn, text?.trim()).await?;
+            state
+                .sms
+                .send(&state.outbound, &number.msisdn, text?.trim())
+                .await?;
             tracing::info!("validation SMS sent");
             Ok(())
         }

@@ -418,11 +418,15 @@ async fn file_policies_are_served_as_html() {
             "/_hearth/terms/identity/tos/2/en",
             "/_hearth/terms/identity/tos/3/fr",
             "/_hearth/terms/identity/privacy/3/en",
-            "/_hearth/terms/integrations/tos/3/en",
         ] {
             let response = h.request(Method::GET, missing, None, None).await;
             assert_error(&response, StatusCode::NOT_FOUND, "M_NOT_FOUND");
         }
+        // Each service mounts only its own namespace; another's is not ours.
+        let other = h
+            .public_request(Method::GET, "/_hearth/terms/integrations/tos/3/en")
+            .await;
+        assert_error(&other, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
 
         // Accepting the served URL accepts the policy.
         let token = h.register("alice").await;

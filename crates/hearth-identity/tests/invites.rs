@@ -54,14 +54,14 @@ macro_rules! on_both_backends {
         mod $case {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let (db, dir) = hearth_core::storage::testing::sqlite().await;
+                let (db, dir) = hearth_core::storage::testing::sqlite(&hearth_identity::SCHEMA).await;
                 let url = hearth_core::storage::default_sqlite_url(dir.path());
                 super::$case(super::Backend { db, sqlite_url: Some(url) }).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(db) = hearth_core::storage::testing::postgres().await {
+                if let Some(db) = hearth_core::storage::testing::postgres(&hearth_identity::SCHEMA).await {
                     super::$case(super::Backend { db, sqlite_url: None }).await;
                 }
             }
@@ -98,7 +98,9 @@ impl Backend {
                 let db = Database::connect(url, 4, Duration::from_secs(5))
                     .await
                     .expect("SQLite reopens");
-                db.migrate().await.expect("migrations are a no-op");
+                db.migrate(&hearth_identity::SCHEMA)
+                    .await
+                    .expect("migrations are a no-op");
                 db
             }
             // The PostgreSQL schema is only reachable through this pool.
@@ -336,14 +338,7 @@ fn build(db: Database, hs: &Homeserver, smtp: &SmtpCapture, options: &Options) -
         }),
     )
     .unwrap();
-    hearth_identity::build(
-        ServerName::parse(IS_NAME).unwrap(),
-        key,
-        db,
-        federation,
-        config,
-    )
-    .unwrap()
+    hearth_identity::build(&config, &common::context(IS_NAME, key, db, federation)).unwrap()
 }
 
 async fn env(db: Database, options: Options) -> Env {

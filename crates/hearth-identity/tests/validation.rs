@@ -557,6 +557,16 @@ async fn msisdn_http_gateway_receives_json() {
             "Bearer gateway-key".to_owned(),
         )));
         config.sms.per_number_burst = 2;
+        // The gateway is on loopback: refused by the address guard until
+        // the operator says it is on their own network.
+        let guarded = Harness::start(db.clone(), None, config.clone()).await;
+        let bob = guarded.user("bob").await;
+        let r = request_msisdn(&guarded, &bob, "US", "(650) 253-0001", "sec", 1).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+        assert_eq!(r.errcode(), "M_SEND_ERROR");
+        assert!(gateway.received.lock().unwrap().is_empty());
+
+        config.sms.http_allow_private = true;
         let h = Harness::start(db, dir, config).await;
         let alice = h.user("alice").await;
 

@@ -8,10 +8,12 @@ use axum::extract::State;
 use axum::routing::get;
 use hearth_core::config::Duration;
 use hearth_core::ids::ServerName;
-use hearth_core::keys::{OldVerifyKey, SigningKey};
+use hearth_core::keys::KeyRing;
 use hearth_core::signed_json::sign_json;
+use hearth_core::storage::Schema;
 use hearth_core::time::now_ms;
 use hearth_core::{Json, MatrixError};
+use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -39,12 +41,49 @@ impl Default for Config {
 #[derive(Debug)]
 pub struct Notary {
     pub server_name: ServerName,
-    pub signing_keys: Vec<SigningKey>,
-    pub old_verify_keys: Vec<OldVerifyKey>,
+    pub keys: KeyRing,
     pub config: Config,
 }
 
+/// The router state: a cheap handle on [`Notary`].
 pub type NotaryState = Arc<Notary>;
+
+impl Service for Config {
+    fn name(&self) -> &'static str {
+        "notary"
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &hearth_federation::SCHEMA
+    }
+
+    fn check(&self, _: &ServerName) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
+    fn build<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, Result<Parts, ServiceError>> {
+        Box::pin(async move {
+            let notary = Notary {
+                server_name: ctx.server_name.clone(),
+                keys: ctx.keys.clone(),
+                config: self.clone(),
+            };
+            Ok(Parts {
+                routes: Some(Routes {
+                    router: router(Arc::new(notary)),
+                    policy: HttpPolicy::from_http(&ctx.http),
+                }),
+                tasks: Vec::new(),
+                summary: vec!["notary    /_matrix/key/v2/server".to_owned()],
+                advice: Vec::new(),
+            })
+        })
+    }
+}
 
 pub fn router(state: NotaryState) -> Router {
     Router::new()
@@ -56,12 +95,14 @@ pub fn router(state: NotaryState) -> Router {
 /// signature by each current key (Server-Server API "Publishing Keys").
 async fn get_server_key(State(state): State<NotaryState>) -> Result<Json<Value>, MatrixError> {
     let verify_keys: Map<String, Value> = state
-        .signing_keys
+        .keys
+        .current
         .iter()
         .map(|k| (k.key_id(), json!({ "key": k.public_key_base64() })))
         .collect();
     let old_verify_keys: Map<String, Value> = state
-        .old_verify_keys
+        .keys
+        .old
         .iter()
         .map(|k| {
             (
@@ -76,7 +117,7 @@ async fn get_server_key(State(state): State<NotaryState>) -> Result<Json<Value>,
         "old_verify_keys": old_verify_keys,
         "valid_until_ts": now_ms() + state.config.key_refresh_interval.as_millis_i64(),
     });
-    for key in &state.signing_keys {
+    for key in &state.keys.current {
         sign_json(&mut body, state.server_name.as_str(), key).map_err(MatrixError::internal)?;
     }
     Ok(Json(body))

@@ -3,7 +3,7 @@
 use axum::body::Body;
 use hearth_core::canonical_json;
 use hearth_core::ids::ServerName;
-use hearth_core::keys::{OldVerifyKey, SigningKey};
+use hearth_core::keys::{KeyRing, OldVerifyKey, SigningKey};
 use hearth_core::time::now_ms;
 use hearth_federation::keys::verify_server_keys;
 use hearth_notary::{Config, Notary, router};
@@ -41,8 +41,10 @@ async fn publishes_current_and_old_keys_self_signed() {
     let before = now_ms();
     let body = get_keys(Notary {
         server_name: name.clone(),
-        signing_keys: keys.clone(),
-        old_verify_keys: vec![old.clone()],
+        keys: KeyRing {
+            current: keys.clone(),
+            old: vec![old.clone()],
+        },
         config: Config::default(),
     })
     .await;

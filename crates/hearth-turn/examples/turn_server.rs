@@ -33,8 +33,7 @@ async fn main() -> ExitCode {
     for line in server.summary() {
         eprintln!("{line}");
     }
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(e) => {
             eprintln!("turn_server: {e}");

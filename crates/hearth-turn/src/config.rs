@@ -14,6 +14,8 @@ use std::time::SystemTime;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Off by default: TURN cannot run without a shared secret to check
+    /// Synapse's credentials against.
     pub enabled: bool,
     /// The REALM of long-term credentials; the server name when unset.
     pub realm: Option<String>,
@@ -66,7 +68,7 @@ impl Default for Config {
         let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         Self {
-            enabled: true,
+            enabled: false,
             realm: None,
             shared_secret: None,
             shared_secret_file: None,

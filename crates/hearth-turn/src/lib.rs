@@ -1,10 +1,11 @@
 //! TURN/STUN for Matrix VoIP (RFC 8656 over RFC 8489), with the TURN REST
 //! credentials Synapse hands out (`turn_shared_secret`).
 //!
-//! The binary calls [`Config::check`] for `hearth config check`,
-//! [`Server::bind`] at start-up (every listener opens there, so errors
-//! surface before anything serves), [`Server::run`] to serve until
-//! shutdown, and [`Config::credentials`] for `hearth turn credentials`.
+//! The binary plugs [`Config`] in as a `hearth_service::Service` (bound
+//! in `build`, so a port in use fails start-up) and calls
+//! [`Config::credentials`] for `hearth turn credentials --user`. Outside
+//! the binary, [`Server::bind`] opens every listener and [`Server::run`]
+//! serves until a shutdown future resolves.
 
 mod alloc;
 mod auth;
@@ -12,6 +13,7 @@ mod config;
 mod handler;
 mod policy;
 mod server;
+mod service;
 mod stats;
 mod stream;
 mod stun;
@@ -22,6 +24,7 @@ pub use auth::{Credentials, rest_credentials, rest_password};
 pub use config::Config;
 pub use policy::{Cidr, DEFAULT_DENIED};
 pub use server::{LocalAddrs, Server};
+pub use service::SCHEMA;
 
 use std::net::SocketAddr;
 

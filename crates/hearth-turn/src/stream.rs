@@ -103,7 +103,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send>(shared: &Arc<Shared>, stream: S
     let link = ClientLink::Stream(tx.clone());
     tokio::select! {
         () = read_frames(shared, rd, five, &link, &tx) => {}
-        () = write_frames(wr, rx) => {}
+        () = write_frames(wr, rx, five.transport == Transport::Tls) => {}
     }
     // RFC 8656 §5: the allocation ends with its connection.
     if shared.table.remove(&five) {
@@ -111,14 +111,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Send>(shared: &Arc<Shared>, stream: S
     }
 }
 
-async fn write_frames<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames<W: AsyncWrite>(wr: W, mut rx: mpsc::Receiver<Vec<u8>>, one_per_record: bool) {
     let mut wr = std::pin::pin!(BufWriter::new(wr));
     while let Some(frame) = rx.recv().await {
         if wr.write_all(&frame).await.is_err() {
             return;
         }
-        // Coalesce whatever else is queued into the same write.
-        while let Ok(frame) = rx.try_recv() {
+        // Over TCP, coalesce whatever else is queued into the same write.
+        // Over TLS each frame gets its own record: some clients
+        // (turnutils_uclient among them) read one frame per record and
+        // lose the rest.
+        while !one_per_record && let Ok(frame) = rx.try_recv() {
             if wr.write_all(&frame).await.is_err() {
                 return;
             }

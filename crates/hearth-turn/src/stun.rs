@@ -430,9 +430,14 @@ pub(crate) fn is_channel_data(first: u8) -> bool {
     first & 0xc0 == 0x40
 }
 
-/// Channel numbers a client may bind (RFC 8656 §12).
+/// Channel numbers a client may bind. RFC 8656 §12 narrows RFC 5766's
+/// 0x4000–0x7FFF to 0x4000–0x4FFF, but RFC 5766 clients still pick from
+/// the whole range (coturn's own `turnutils_uclient` does), and the
+/// reservation only matters for demultiplexing on the client's side
+/// (RFC 7983), so the wider range is accepted: see
+/// docs/decisions/0005-turn-engine.md.
 pub(crate) fn is_valid_channel(n: u16) -> bool {
-    (0x4000..=0x4fff).contains(&n)
+    (0x4000..=0x7fff).contains(&n)
 }
 
 #[cfg(test)]
@@ -617,6 +622,20 @@ mod tests {
         assert_eq!(m.get_u32(attr::LIFETIME), Some(600));
         assert_eq!(m.get(attr::REQUESTED_TRANSPORT), None);
         assert_eq!(m.check_integrity(b"key"), Some(true));
+    }
+
+    /// ChannelData is told from STUN by its first two bits (RFC 8656
+    /// §12), which covers every number a client may bind.
+    #[test]
+    fn channel_numbers_and_demultiplexing() {
+        for n in [0x4000u16, 0x4fff, 0x5000, 0x7fff] {
+            assert!(is_valid_channel(n), "{n:#x}");
+            assert!(is_channel_data(n.to_be_bytes()[0]));
+        }
+        for n in [0x0000u16, 0x3fff, 0x8000, 0xffff] {
+            assert!(!is_valid_channel(n), "{n:#x}");
+        }
+        assert!(!is_channel_data(0x00) && !is_channel_data(0x80) && !is_channel_data(0xc0));
     }
 
     #[test]

@@ -793,3 +793,17 @@ async fn unauthenticated_flood_leaves_no_state() {
     assert_eq!(shared.table.len(), 0);
     assert_eq!(shared.reservation_count(), 0);
 }
+
+/// RFC 8656 §12.2: a ChannelBind outside the channel range is 400. The
+/// range accepted is RFC 5766's, which RFC 5766 clients still use.
+#[tokio::test]
+async fn channel_numbers_outside_the_range_get_400() {
+    let server = start(config());
+    let mut c = Client::udp(server.udp, rest_user("@alice:test", 60)).await;
+    c.allocate().await;
+    let (_peer, peer_addr) = peer().await;
+    for bad in [0x0000, 0x3fff, 0x8000, 0xffff] {
+        assert_eq!(c.bind(bad, peer_addr).await.code(), Some(400), "{bad:#x}");
+    }
+    assert_eq!(c.bind(0x7fff, peer_addr).await.class(), Class::Success);
+}

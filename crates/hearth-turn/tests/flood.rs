@@ -60,7 +60,8 @@ async fn a_million_unauthenticated_requests_leave_memory_flat() {
             .map(|i| {
                 let ip = Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
                 let s = UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
                 s
             })
             .collect();

@@ -88,22 +88,12 @@ enum KeysCommand {
     Export,
 }
 
-/// Which services a run starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Only {
-    All,
-    Identity,
-    Integrations,
-    Notary,
-    Turn,
-}
-
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config_path = cli.config;
     let load = |path: Option<&PathBuf>| Config::load(path.map(PathBuf::as_path));
     let only = match cli.command {
-        Command::Serve => Only::All,
-        Command::Identity { command: None } => Only::Identity,
+        Command::Serve => None,
+        Command::Identity { command: None } => Some("identity"),
         Command::Identity {
             command: Some(command),
         } => {
@@ -111,9 +101,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity_command(&config, command, &mut std::io::stdout()).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Integrations => Only::Integrations,
-        Command::Notary => Only::Notary,
-        Command::Turn => Only::Turn,
+        Command::Integrations => Some("integrations"),
+        Command::Notary => Some("notary"),
+        Command::Turn => Some("turn"),
         Command::Config(ConfigCommand::Example) => {
             std::io::stdout().write_all(EXAMPLE.as_bytes())?;
             return Ok(ExitCode::SUCCESS);
@@ -135,9 +125,15 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let config = load(config_path.as_ref())?;
-            let db = serve::open_database(&config).await?;
+            let (db, applied) = serve::open_database(&config).await?;
             db.close().await;
-            writeln!(std::io::stdout(), "database is up to date")?;
+            let mut out = std::io::stdout();
+            if applied.is_empty() {
+                writeln!(out, "database is up to date")?;
+            }
+            for migration in applied {
+                writeln!(out, "applied {migration}")?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Command::Keys(command) => {
@@ -169,13 +165,13 @@ async fn identity_command(
 ) -> anyhow::Result<()> {
     match command {
         IdentityCommand::Export { user_id } => {
-            let identity = serve::identity_for_cli(config).await?;
+            let identity = identity(config).await?;
             let data = hearth_identity::export(&identity, &UserId::parse(&user_id)?).await?;
             serde_json::to_writer_pretty(&mut *out, &data)?;
             writeln!(out)?;
         }
         IdentityCommand::Forget { user_id } => {
-            let identity = serve::identity_for_cli(config).await?;
+            let identity = identity(config).await?;
             let user_id = UserId::parse(&user_id)?;
             hearth_identity::forget(&identity, &user_id).await?;
             writeln!(out, "erased everything held about {user_id}")?;
@@ -185,13 +181,11 @@ async fn identity_command(
             sydent_config,
         } => {
             let conf = sydent_config.unwrap_or_else(|| database.with_file_name("sydent.conf"));
-            let key = sydent_signing_key(&conf)?;
+            let key = hearth_identity::sydent_signing_key(&conf)?;
             // The data first: it can be imported again, so a failure here
             // leaves Hearth signing with its own key, as before.
-            let db = serve::open_database(config).await?;
-            let report = hearth_identity::import_sydent(&db, &database)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let (db, _) = serve::open_database(config).await?;
+            let report = hearth_identity::import_sydent(&db, &database).await?;
             db.close().await;
             keys::import_keys(config, key, out).await?;
             writeln!(
@@ -204,30 +198,9 @@ async fn identity_command(
     Ok(())
 }
 
-/// Sydent keeps its key in `[crypto] ed25519.signingkey`, in the same
-/// `ed25519 <version> <seed>` form as Synapse's key file. Its config is
-/// Python's INI dialect: `=` or `:` between key and value, keys in any case.
-fn sydent_signing_key(
-    conf: &std::path::Path,
-) -> anyhow::Result<Vec<hearth_core::keys::SigningKey>> {
-    let text = std::fs::read_to_string(conf)
-        .with_context(|| format!("reading Sydent's config {}", conf.display()))?;
-    let mut section = "";
-    let mut value = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim();
-        } else if section.eq_ignore_ascii_case("crypto")
-            && let Some((key, v)) = line.split_once(['=', ':'])
-            && key.trim().eq_ignore_ascii_case("ed25519.signingkey")
-        {
-            value = Some(v.trim().to_owned());
-        }
-    }
-    let value =
-        value.with_context(|| format!("{}: no [crypto] ed25519.signingkey", conf.display()))?;
-    Ok(hearth_core::keys::SigningKey::parse_synapse(
-        &value,
-        &conf.display().to_string(),
-    )?)
+/// The identity service on the shared context, for commands that manage
+/// its data.
+async fn identity(config: &Config) -> anyhow::Result<hearth_identity::IdentityState> {
+    let ctx = serve::context(config).await?;
+    Ok(hearth_identity::build(&config.identity, &ctx)?)
 }

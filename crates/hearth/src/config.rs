@@ -22,6 +22,14 @@ fn is_config_key(key: &str) -> bool {
     key != "config" && key != "bin" && !key.starts_with("test_")
 }
 
+/// The names of the top-level keys and sections.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
@@ -77,9 +85,28 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        let sections = top_level_keys();
         figment = figment.merge(
             Env::prefixed("HEARTH_")
-                .filter(|key| is_config_key(&key.as_str().to_ascii_lowercase()))
+                .filter(move |key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    if !is_config_key(&key) {
+                        return false;
+                    }
+                    // Kubernetes injects `HEARTH_PORT=tcp://...` and the like
+                    // for a Service named `hearth`: a variable that names no
+                    // key or section is not meant for us. Typos inside a
+                    // section still fail, as they do in TOML.
+                    let top = key.split("__").next().unwrap_or_default();
+                    let known = sections.iter().any(|s| s == top);
+                    if !known {
+                        eprintln!(
+                            "warning: ignoring HEARTH_{}: no config key or section named {top:?}",
+                            key.to_ascii_uppercase()
+                        );
+                    }
+                    known
+                })
                 .split("__"),
         );
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
@@ -269,6 +296,29 @@ mod tests {
         std::fs::write(&path, "[http]\ntls_certificate = \"c.pem\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("tls_private_key"), "{err}");
+    }
+
+    /// Variables Kubernetes injects for a Service named `hearth` are ignored;
+    /// an unknown key inside a known section still fails.
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure returns figment's error"
+    )]
+    fn environment_ignores_foreign_variables_but_not_typos_in_sections() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HEARTH_PORT", "tcp://10.0.0.1:8090");
+            jail.set_env("HEARTH_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("HEARTH_PORT_8090_TCP_ADDR", "10.0.0.1");
+            jail.set_env("HEARTH_ADMIN__BIND", "127.0.0.1:9999");
+            let config = Config::load(None).expect("foreign variables are ignored");
+            assert_eq!(config.admin.bind.port(), 9999);
+
+            jail.set_env("HEARTH_HTTP__BINDD", "[]");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("bindd"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -2,27 +2,33 @@
 //! public listener, `/health` and `/metrics` on the admin listener, and a
 //! graceful stop on SIGTERM or SIGINT.
 
-use crate::cli::Only;
 use crate::config::Config;
-use crate::keys::load_or_create;
-use anyhow::Context;
+use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use hearth_core::http::{Listener, load_tls, public_app, serve};
-use hearth_core::keys::SigningKey;
+use hearth_core::keys::KeyRing;
 use hearth_core::storage::{Backend, Database};
 use hearth_federation::FederationClient;
 use hearth_federation::client::Origin;
 use hearth_federation::connect::SystemDns;
+use hearth_service::{Context, Service, Shutdown};
 use http::StatusCode;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// Opens the configured database and brings its schema up to date.
-pub(crate) async fn open_database(config: &Config) -> anyhow::Result<Database> {
+/// The services in this build, as their config sections. Adding a service
+/// is one line here (and its section in [`Config`]).
+pub(crate) fn services(config: &Config) -> Vec<&dyn Service> {
+    vec![&config.identity, &config.notary]
+}
+
+/// Opens the configured database and brings every service's tables up to
+/// date, whether enabled or not, so enabling one later needs no step.
+/// Returns what was applied.
+pub(crate) async fn open_database(config: &Config) -> anyhow::Result<(Database, Vec<String>)> {
     create_data_dir(&config.data_dir)?;
     let url = config.database_url()?;
     let db = Database::connect(
@@ -31,8 +37,11 @@ pub(crate) async fn open_database(config: &Config) -> anyhow::Result<Database> {
         config.database.busy_timeout.0,
     )
     .await?;
-    db.migrate().await?;
-    Ok(db)
+    let mut applied = db.migrate(&hearth_core::storage::SCHEMA).await?;
+    for service in services(config) {
+        applied.extend(db.migrate(service.schema()).await?);
+    }
+    Ok((db, applied))
 }
 
 /// The data directory holds the signing key and personal data: owner only.
@@ -49,48 +58,45 @@ fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating data_dir {}", dir.display()))
 }
 
-/// The identity service's state, for commands that manage its data.
-pub(crate) async fn identity_for_cli(
-    config: &Config,
-) -> anyhow::Result<hearth_identity::IdentityState> {
-    let db = open_database(config).await?;
-    let (signing_keys, _) = load_or_create(config)?;
+/// The shared context, as `serve` builds it, for commands that manage a
+/// service's data. Its shutdown is never triggered.
+pub(crate) async fn context(config: &Config) -> anyhow::Result<Context> {
+    let (db, _) = open_database(config).await?;
+    let (keys, created) = KeyRing::load_or_create(&config.signing_key_path(), &db).await?;
+    if created {
+        tracing::info!(path = %config.signing_key_path().display(), "generated a new signing key; back it up");
+    }
     let federation = federation_client(
         config,
         Some(Origin {
             server_name: config.server_name.clone(),
-            key: signing_keys[0].clone(),
+            key: keys.signing_key()?.clone(),
         }),
     )?;
-    identity(config, &signing_keys, db, federation)
-}
-
-fn identity(
-    config: &Config,
-    signing_keys: &[SigningKey],
-    db: Database,
-    federation: FederationClient,
-) -> anyhow::Result<hearth_identity::IdentityState> {
-    hearth_identity::build(
+    let (_, shutdown) = Shutdown::new();
+    Ok(Context::new(
         config.server_name.clone(),
-        signing_keys[0].clone(),
+        keys,
         db,
         federation,
-        config.identity.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("identity: {e}"))
+        config.http.clone(),
+        config.data_dir.clone(),
+        shutdown,
+    ))
 }
 
 /// Validates what can be checked without binding or writing anything:
-/// TLS files load, federation settings build a client.
+/// TLS files load, federation settings build a client, and each enabled
+/// service accepts its section.
 pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     if let Some(files) = config.tls_files()? {
         load_tls(&files).map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
     }
     federation_client(config, None)?;
-    if config.identity.enabled {
-        hearth_identity::check(&config.server_name, &config.identity)
-            .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+    for service in services(config).into_iter().filter(|s| s.enabled()) {
+        service
+            .check(&config.server_name)
+            .with_context(|| format!("[{}]", service.name()))?;
     }
     Ok(())
 }
@@ -101,72 +107,56 @@ fn federation_client(config: &Config, origin: Option<Origin>) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("federation: {e}"))
 }
 
-pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
-    if only != Only::All {
-        config.identity.enabled &= only == Only::Identity;
-        config.integrations.enabled &= only == Only::Integrations;
-        config.notary.enabled &= only == Only::Notary;
-        config.turn.enabled &= only == Only::Turn;
+/// Runs every enabled service, or only the one named `only`.
+pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()> {
+    let all = services(&config);
+    if let Some(name) = only
+        && !all.iter().any(|s| s.name() == name)
+    {
+        bail!("the {name} service is not in this build yet");
     }
-    let db = open_database(&config)
+    let enabled: Vec<&dyn Service> = all
+        .into_iter()
+        .filter(|s| s.enabled() && only.is_none_or(|name| name == s.name()))
+        .collect();
+    if enabled.is_empty() {
+        match only {
+            Some(name) => bail!("the {name} service is disabled ({name}.enabled = false)"),
+            None => bail!("no service is enabled: set <service>.enabled = true for at least one"),
+        }
+    }
+    let mut ctx = context(&config)
         .await
-        .context("opening the database")?;
-    let (signing_keys, created) = load_or_create(&config)?;
-    if created {
-        tracing::info!(path = %config.signing_key_path().display(), "generated a new signing key; back it up");
-    }
-    let old_verify_keys = db.old_verify_keys().await?;
+        .context("opening the database and keys")?;
+    let (stop, shutdown) = Shutdown::new();
+    ctx.shutdown = shutdown.clone();
     let metrics = hearth_core::metrics::install();
 
-    let federation = federation_client(
-        &config,
-        Some(Origin {
-            server_name: config.server_name.clone(),
-            key: signing_keys[0].clone(),
-        }),
-    )?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
     let mut tasks = tokio::task::JoinSet::new();
-
-    let mut routes = Router::new();
+    let mut routes = Vec::new();
     let mut served = Vec::new();
-    if config.identity.enabled {
-        let identity = identity(&config, &signing_keys, db.clone(), federation.clone())?;
-        routes = routes.merge(hearth_identity::router(identity.clone()));
-        tasks.spawn(hearth_identity::run_background(identity.clone(), stopped()));
-        tasks.spawn(hearth_identity::run_outbox(identity, stopped()));
-        served.push("identity (/_matrix/identity)");
+    let mut advice = Vec::new();
+    for service in enabled {
+        let parts = service
+            .build(&ctx)
+            .await
+            .with_context(|| format!("starting the {} service", service.name()))?;
+        routes.extend(parts.routes.map(|r| (r.router, r.policy)));
+        for task in parts.tasks {
+            tracing::debug!(task = task.name, "starting");
+            tasks.spawn(task.run);
+        }
+        served.extend(parts.summary);
+        advice.extend(parts.advice);
     }
-    if config.notary.enabled {
-        routes = routes.merge(hearth_notary::router(Arc::new(hearth_notary::Notary {
-            server_name: config.server_name.clone(),
-            signing_keys: signing_keys.clone(),
-            old_verify_keys,
-            config: config.notary.clone(),
-        })));
-        served.push("notary (/_matrix/key/v2/server)");
-    }
-    let not_built: Vec<&str> = [
-        ("integrations", config.integrations.enabled),
-        ("turn", config.turn.enabled),
-    ]
-    .into_iter()
-    .filter_map(|(name, enabled)| enabled.then_some(name))
-    .collect();
 
     let tls = config
         .tls_files()?
         .map(|files| load_tls(&files))
         .transpose()
         .map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
-    // TURN has no HTTP side, so `hearth turn` opens no public HTTP listener.
-    let public_bind = if only == Only::Turn {
+    // Services without HTTP routes (TURN) need no public HTTP listener.
+    let public_bind = if routes.is_empty() {
         Vec::new()
     } else {
         config.http.bind.clone()
@@ -186,20 +176,21 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin.bind {}", config.admin.bind))?;
     let admin = Router::new()
         .route("/health", get(health))
-        .with_state(db.clone())
+        .with_state(ctx.db.clone())
         .merge(Router::new().route(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         ));
 
+    advice.extend(common_advice(&config, &public));
     tracing::info!(
         "{}",
-        summary(&config, &public, &admin_tcp, &served, &not_built, &db)?
+        summary(&config, &public, &admin_tcp, &served, &advice, &ctx.db)?
     );
 
     let app = public_app(routes, &config.http);
     for listener in public {
-        tasks.spawn(serve(listener, app.clone(), stopped()));
+        tasks.spawn(serve(listener, app.clone(), shutdown.wait()));
     }
     tasks.spawn(serve(
         Listener {
@@ -207,13 +198,13 @@ pub(crate) async fn run(mut config: Config, only: Only) -> anyhow::Result<()> {
             tls: None,
         },
         admin,
-        stopped(),
+        shutdown.wait(),
     ));
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
-    let _ = stop_tx.send(true);
+    stop.trigger();
     while tasks.join_next().await.is_some() {}
-    db.close().await;
+    ctx.db.close().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -234,14 +225,43 @@ async fn health(State(db): State<Database>) -> (StatusCode, axum::Json<serde_jso
     }
 }
 
+/// What production still needs whatever the services: a public name,
+/// HTTPS, a public address, a backed-up key.
+fn common_advice(config: &Config, public: &[Listener]) -> Vec<String> {
+    let mut advice = Vec::new();
+    let name = config.server_name.hostname();
+    if name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
+        advice.push(
+            "set server_name to the public hostname homeservers use for this service".to_owned(),
+        );
+    }
+    if !public.is_empty() && config.http.tls_certificate.is_none() {
+        advice.push("serve HTTPS: set http.tls_certificate and http.tls_private_key, or put a TLS reverse proxy in front".to_owned());
+    }
+    if !public.is_empty()
+        && public
+            .iter()
+            .all(|l| l.local_addr().is_ok_and(|a| a.ip().is_loopback()))
+        && config.http.tls_certificate.is_some()
+    {
+        advice.push("listen on a public address (http.bind)".to_owned());
+    }
+    advice.push("back up the signing key file".to_owned());
+    advice
+}
+
 /// The start-up block: what is served where, as whom, and what production
 /// would still need.
 fn summary(
     config: &Config,
     public: &[Listener],
     admin: &TcpListener,
-    served: &[&str],
-    not_built: &[&str],
+    served: &[String],
+    advice: &[String],
     db: &Database,
 ) -> anyhow::Result<String> {
     let scheme = if config.http.tls_certificate.is_some() {
@@ -257,15 +277,8 @@ fn summary(
     for listener in public {
         write!(s, "\n  public  {scheme}://{}", listener.local_addr()?)?;
     }
-    if !served.is_empty() {
-        write!(s, "\n  serves  {}", served.join(", "))?;
-    }
-    if !not_built.is_empty() {
-        write!(
-            s,
-            "\n  enabled but not in this build yet: {}",
-            not_built.join(", ")
-        )?;
+    for line in served {
+        write!(s, "\n  serves  {line}")?;
     }
     write!(
         s,
@@ -282,39 +295,10 @@ fn summary(
         config.data_dir.display(),
         config.signing_key_path().display()
     )?;
-    let mut todo = Vec::new();
-    let name = config.server_name.hostname();
-    if name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-    {
-        todo.push("set server_name to the public hostname homeservers use for this service");
+    s.push_str("\n  for production:");
+    for item in advice {
+        write!(s, "\n    - {item}")?;
     }
-    if config.http.tls_certificate.is_none() {
-        todo.push("serve HTTPS: set http.tls_certificate and http.tls_private_key, or put a TLS reverse proxy in front");
-    }
-    if public
-        .iter()
-        .all(|l| l.local_addr().is_ok_and(|a| a.ip().is_loopback()))
-        && config.http.tls_certificate.is_some()
-    {
-        todo.push("listen on a public address (http.bind)");
-    }
-    if config.identity.enabled {
-        let identity = &config.identity;
-        if identity.auth.terms.policies.is_empty() {
-            todo.push("publish terms of service for the identity server (identity.auth.terms)");
-        }
-        if identity.email.from == hearth_identity::EmailConfig::default().from {
-            todo.push("set identity.email (SMTP server and From address) for validation mails");
-        }
-        if identity.sms.sender == hearth_identity::SmsSender::Log {
-            todo.push("choose an SMS sender (identity.sms.sender) to validate phone numbers");
-        }
-    }
-    todo.push("back up the signing key file");
-    write!(s, "\n  for production: {}", todo.join("; "))?;
     Ok(s)
 }
 

@@ -432,7 +432,10 @@ fn render(all: &[Results], options: Options, coturn: &str) -> String {
         }
     }
     if let [hearth, coturn] = all {
-        let _ = writeln!(r, "\n| clients | CPU per packet, Hearth ÷ coturn | packets/s, Hearth ÷ coturn |");
+        let _ = writeln!(
+            r,
+            "\n| clients | CPU per packet, Hearth ÷ coturn | packets/s, Hearth ÷ coturn |"
+        );
         let _ = writeln!(r, "|---|---|---|");
         for (h, c) in hearth.loads.iter().zip(&coturn.loads) {
             let _ = writeln!(
@@ -445,7 +448,10 @@ fn render(all: &[Results], options: Options, coturn: &str) -> String {
         }
     }
     let _ = writeln!(r, "\nMemory with {HELD} allocations held:\n");
-    let _ = writeln!(r, "| server | idle RSS MiB | RSS MiB | KiB per allocation |");
+    let _ = writeln!(
+        r,
+        "| server | idle RSS MiB | RSS MiB | KiB per allocation |"
+    );
     let _ = writeln!(r, "|---|---|---|---|");
     for res in all {
         let _ = writeln!(

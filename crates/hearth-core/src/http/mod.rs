@@ -18,7 +18,7 @@ pub use rate_limit::{RateLimiter, rate_limit};
 pub use serve::{Listener, TlsFiles, load_tls, serve};
 
 use crate::MatrixError;
-use crate::config::HttpConfig;
+use crate::config::{ByteSize, Duration as ConfigDuration, HttpConfig, RateLimitConfig};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -26,29 +26,88 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 
-/// Wraps the routers of the enabled services into the public application:
-/// spec fallbacks for unknown paths and methods, then every shared layer.
-pub fn public_app(routes: Router, config: &HttpConfig) -> Router {
-    let policy = Arc::new(ClientIpPolicy {
+/// The limits one service's routes run under: body size, handler time and
+/// a request rate per client address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpPolicy {
+    pub max_body_size: ByteSize,
+    pub request_timeout: ConfigDuration,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl HttpPolicy {
+    /// The `[http]` defaults, from which each service's policy starts.
+    pub fn from_http(config: &HttpConfig) -> Self {
+        Self {
+            max_body_size: config.max_body_size,
+            request_timeout: config.request_timeout,
+            rate_limit: config.rate_limit,
+        }
+    }
+
+    /// Wraps `routes`; services with the same rate share one bucket per
+    /// client (`limiters`), so a client's budget is not multiplied by the
+    /// number of services.
+    fn apply(
+        &self,
+        routes: Router,
+        limiters: &mut Vec<(RateLimitConfig, Arc<RateLimiter>)>,
+    ) -> Router {
+        let limiter = match limiters.iter().find(|(c, _)| *c == self.rate_limit) {
+            Some((_, limiter)) => limiter.clone(),
+            None => {
+                let limiter = RateLimiter::new(self.rate_limit.per_second, self.rate_limit.burst);
+                limiters.push((self.rate_limit, limiter.clone()));
+                limiter
+            }
+        };
+        routes
+            .layer(DefaultBodyLimit::max(self.max_body_size.0))
+            .layer(middleware::from_fn_with_state(limiter, rate_limit))
+            .layer(middleware::from_fn_with_state(
+                self.request_timeout.0,
+                request_timeout,
+            ))
+    }
+}
+
+/// The public application: each service's routes under its own policy
+/// (unknown paths under the `[http]` one), the spec fallbacks for unknown
+/// paths and methods, then the layers every request passes: panic catching,
+/// metrics, the client address, the request span and CORS (which the spec
+/// asks of every endpoint).
+pub fn public_app(
+    services: impl IntoIterator<Item = (Router, HttpPolicy)>,
+    config: &HttpConfig,
+) -> Router {
+    let client_ips = Arc::new(ClientIpPolicy {
         trusted_proxies: config.trusted_proxies.clone(),
         log_client_ips: config.log_client_ips,
     });
-    let limiter = RateLimiter::new(config.rate_limit.per_second, config.rate_limit.burst);
-    let timeout = config.request_timeout.0;
-    routes
-        .fallback(|| async { MatrixError::unrecognized() })
+    let mut limiters = Vec::new();
+    // Unknown paths count too: scanning is not free.
+    let unrecognized = HttpPolicy::from_http(config).apply(
+        Router::new().fallback(|| async { MatrixError::unrecognized() }),
+        &mut limiters,
+    );
+    services
+        .into_iter()
+        .fold(Router::new(), |app, (routes, policy)| {
+            app.merge(policy.apply(routes, &mut limiters))
+        })
+        .fallback_service(unrecognized)
         .method_not_allowed_fallback(|| async { MatrixError::method_not_allowed() })
-        // Innermost first: a panic becomes a Matrix error that every outer
-        // layer (CORS, metrics, the request span) still sees.
+        // A panic becomes a Matrix error that every outer layer (CORS,
+        // metrics, the request span) still sees.
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(MatrixError::internal("handler panicked"))
         }))
-        .layer(DefaultBodyLimit::max(config.max_body_size.0))
-        .layer(middleware::from_fn_with_state(limiter, rate_limit))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(middleware::from_fn(trace::metrics))
         // Inside the span, so the client address can be recorded in it.
-        .layer(middleware::from_fn_with_state(policy, client_ip::resolve))
+        .layer(middleware::from_fn_with_state(
+            client_ips,
+            client_ip::resolve,
+        ))
         .layer(trace::layer())
         .layer(middleware::from_fn(cors))
 }

@@ -51,7 +51,29 @@ pub(crate) const BRAND: &str = "Hearth Test";
 /// Every database backend of this run, each fresh and migrated. Keep the
 /// directory guard alive as long as the database.
 pub(crate) async fn backends() -> Vec<(Database, Option<tempfile::TempDir>)> {
-    testing::all().await
+    testing::all(&hearth_identity::SCHEMA).await
+}
+
+/// The shared context the binary would build, signing as `server_name`
+/// with `key`.
+pub(crate) fn context(
+    server_name: &str,
+    key: SigningKey,
+    db: Database,
+    federation: FederationClient,
+) -> hearth_service::Context {
+    hearth_service::Context::new(
+        ServerName::parse(server_name).unwrap(),
+        hearth_core::keys::KeyRing {
+            current: vec![key],
+            old: Vec::new(),
+        },
+        db,
+        federation,
+        hearth_core::config::HttpConfig::default(),
+        std::env::temp_dir(),
+        hearth_service::Shutdown::new().1,
+    )
 }
 
 /// A config for tests: one terms policy (`TERMS_URL`), links under
@@ -650,7 +672,8 @@ impl Harness {
             }),
         )
         .unwrap();
-        let state = hearth_identity::build(server_name, signing_key, db, federation, config)
+        let ctx = context(server_name.as_str(), signing_key, db, federation);
+        let state = hearth_identity::build(&config, &ctx)
             .unwrap_or_else(|e| panic!("the identity service builds: {e}"));
         Self {
             router: hearth_identity::router(state.clone()),
@@ -669,9 +692,13 @@ impl Harness {
     /// (`hearth_core::http::public_app` with the default `[http]`), so the
     /// spec's fallbacks for unknown paths and methods apply.
     pub(crate) async fn public_request(&self, method: Method, uri: &str) -> TestResponse {
+        let http = hearth_core::config::HttpConfig::default();
         let app = hearth_core::http::public_app(
-            self.router.clone(),
-            &hearth_core::config::HttpConfig::default(),
+            [(
+                self.router.clone(),
+                hearth_core::http::HttpPolicy::from_http(&http),
+            )],
+            &http,
         );
         let request = Request::builder()
             .method(method)

@@ -22,7 +22,7 @@ CREATE INDEX identity_associations_mxid ON identity_associations (mxid);
 -- in-memory lookup index follows the binds made through the others.
 -- Pruned after an hour.
 CREATE TABLE identity_lookup_changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq AUTO_ID,
     medium TEXT NOT NULL,
     address TEXT NOT NULL,
     mxid TEXT,
@@ -65,7 +65,7 @@ CREATE TABLE identity_ephemeral_keys (
 
 -- onbind callbacks not yet delivered, retried with backoff.
 CREATE TABLE identity_onbind_outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id AUTO_ID,
     destination TEXT NOT NULL,
     body TEXT NOT NULL,
     attempts BIGINT NOT NULL,
