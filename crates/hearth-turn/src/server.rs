@@ -14,7 +14,7 @@ use crate::policy::PeerPolicy;
 use crate::stats::{self, Relayed};
 use crate::stun::{self, Builder, Class, attr, method};
 use crate::{TurnError, stream};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -221,76 +221,106 @@ impl Shared {
     }
 }
 
-/// Sends a frame to the client. Stream links never wait: a client that
-/// does not read loses relayed data, as it would over UDP.
-pub(crate) async fn to_client(link: &ClientLink, client: SocketAddr, frame: &[u8]) {
+/// Sends a datagram now or not at all. The syscall goes straight to the
+/// socket, skipping the runtime's readiness bookkeeping: a full send buffer
+/// drops the datagram, as the network would.
+pub(crate) fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+    SockRef::from(socket).send_to(data, &to.into()).is_ok()
+}
+
+/// Sends a frame to the client without waiting: a client that does not
+/// keep up loses relayed data, as it would over UDP.
+fn to_client(link: &ClientLink, client: SocketAddr, frame: &[u8]) -> bool {
     match link {
-        ClientLink::Udp(socket) => {
-            let _ = socket.send_to(frame, client).await;
-        }
-        ClientLink::Stream(tx) => {
-            let _ = tx.try_send(frame.to_vec());
-        }
+        ClientLink::Udp(socket) => send_now(socket, frame, client),
+        ClientLink::Stream(tx) => tx.try_send(frame.to_vec()).is_ok(),
     }
+}
+
+thread_local! {
+    /// One receive buffer per runtime thread for every relay socket, so an
+    /// allocation costs no 64 KiB buffer of its own.
+    static RELAY_BUFFER_TL: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + 3]);
 }
 
 /// Reads one allocation's relay socket and forwards what its permissions
 /// let through: as ChannelData when the peer has a channel, else as a
 /// Data indication (RFC 8656 §11.3, §12.6).
 async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
-    let stream = matches!(allocation.link, ClientLink::Stream(_));
     let relayed = Relayed::to_client();
-    let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + 3];
     loop {
-        let Ok((n, peer)) = allocation.relay.recv_from(&mut buf[HEADROOM..]).await else {
-            // ICMP errors surface here on some systems; the socket stays
-            // usable.
-            continue;
-        };
-        let now = Instant::now();
-        let channel = {
-            let mut state = lock(&allocation.state);
-            if state.permission(peer.ip(), now).is_none() {
-                drop(state);
-                stats::dropped(stats::Drop::NoPermission);
-                continue;
-            }
-            if let Some(bucket) = &mut state.bucket
-                && !bucket.take(n, now)
-            {
-                drop(state);
-                stats::dropped(stats::Drop::Bandwidth);
-                continue;
-            }
-            state.channel_by_peer(peer, now).map(|c| c.number)
-        };
-        match channel {
-            Some(number) => {
-                buf[..2].copy_from_slice(&number.to_be_bytes());
-                buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-                let mut end = HEADROOM + n;
-                // RFC 8656 §12.5: over streams, ChannelData is padded to 4.
-                if stream {
-                    let padded = HEADROOM + stun::padded(n);
-                    buf[end..padded].fill(0);
-                    end = padded;
-                }
-                to_client(&allocation.link, allocation.five.client, &buf[..end]).await;
-            }
-            None => {
-                let mut txid = [0u8; 12];
-                txid[..8].copy_from_slice(&random_u64().to_be_bytes());
-                let frame = Builder::new(Class::Indication, method::DATA, &txid)
-                    .xor_address(attr::XOR_PEER_ADDRESS, peer)
-                    .attr(attr::DATA, &buf[HEADROOM..HEADROOM + n])
-                    .finish();
-                to_client(&allocation.link, allocation.five.client, &frame).await;
-            }
+        if allocation.relay.readable().await.is_err() {
+            return;
         }
+        // Drain what is queued without awaiting, so the buffer is never
+        // held across a suspension point.
+        // At most a batch per wake-up, so a busy relay cannot starve the
+        // others sharing this thread.
+        RELAY_BUFFER_TL.with_borrow_mut(|buf| {
+            for _ in 0..64 {
+                let Ok((n, peer)) = allocation.relay.try_recv_from(&mut buf[HEADROOM..]) else {
+                    break;
+                };
+                forward_to_client(&shared, &allocation, buf, n, peer, &relayed);
+            }
+        });
+    }
+}
+
+fn forward_to_client(
+    shared: &Shared,
+    allocation: &Allocation,
+    buf: &mut [u8],
+    n: usize,
+    peer: SocketAddr,
+    relayed: &Relayed,
+) {
+    let now = Instant::now();
+    let channel = {
+        let mut state = lock(&allocation.state);
+        if state.permission(peer.ip(), now).is_none() {
+            drop(state);
+            stats::dropped(stats::Drop::NoPermission);
+            return;
+        }
+        if let Some(bucket) = &mut state.bucket
+            && !bucket.take(n, now)
+        {
+            drop(state);
+            stats::dropped(stats::Drop::Bandwidth);
+            return;
+        }
+        state.channel_by_peer(peer, now).map(|c| c.number)
+    };
+    let sent = match channel {
+        Some(number) => {
+            buf[..2].copy_from_slice(&number.to_be_bytes());
+            buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+            let mut end = HEADROOM + n;
+            // RFC 8656 §12.5: over streams, ChannelData is padded to 4.
+            if matches!(allocation.link, ClientLink::Stream(_)) {
+                let padded = HEADROOM + stun::padded(n);
+                buf[end..padded].fill(0);
+                end = padded;
+            }
+            to_client(&allocation.link, allocation.five.client, &buf[..end])
+        }
+        None => {
+            let mut txid = [0u8; 12];
+            txid[..8].copy_from_slice(&random_u64().to_be_bytes());
+            let frame = Builder::new(Class::Indication, method::DATA, &txid)
+                .xor_address(attr::XOR_PEER_ADDRESS, peer)
+                .attr(attr::DATA, &buf[HEADROOM..HEADROOM + n])
+                .finish();
+            to_client(&allocation.link, allocation.five.client, &frame)
+        }
+    };
+    if sent {
         relayed.add(n);
-        if shared.log_client_ips {
-            tracing::trace!(client = %allocation.five.client, %peer, bytes = n, "relayed to client");
-        }
+    }
+    if shared.log_client_ips {
+        tracing::trace!(client = %allocation.five.client, %peer, bytes = n, "relayed to client");
     }
 }
 
@@ -326,7 +356,7 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
                 continue;
             };
             if let Some((peer, payload)) = shared.channel_target(&allocation, data)
-                && allocation.relay.send_to(payload, peer).await.is_ok()
+                && send_now(&allocation.relay, payload, peer)
             {
                 relayed.add(payload.len());
             }
@@ -340,7 +370,7 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
                     peer,
                     data,
                 } => {
-                    if allocation.relay.send_to(data, peer).await.is_ok() {
+                    if send_now(&allocation.relay, data, peer) {
                         relayed.add(data.len());
                     }
                 }

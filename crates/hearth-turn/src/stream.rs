@@ -5,7 +5,7 @@
 use crate::TurnError;
 use crate::alloc::{Allocation, ClientLink, FiveTuple, Transport};
 use crate::handler::{self, Outcome};
-use crate::server::Shared;
+use crate::server::{Shared, send_now};
 use crate::stats::{self, Relayed};
 use crate::stun;
 use std::path::Path;
@@ -187,7 +187,7 @@ async fn read_frames<R: AsyncRead>(
                 continue;
             };
             if let Some((peer, payload)) = shared.channel_target(a, &frame)
-                && a.relay.send_to(payload, peer).await.is_ok()
+                && send_now(&a.relay, payload, peer)
             {
                 relayed.add(payload.len());
             }
@@ -207,7 +207,7 @@ async fn read_frames<R: AsyncRead>(
                 peer,
                 data,
             } => {
-                if a.relay.send_to(data, peer).await.is_ok() {
+                if send_now(&a.relay, data, peer) {
                     relayed.add(data.len());
                 }
             }
