@@ -215,7 +215,7 @@ pub(crate) struct Allocation {
     pub(crate) response: Vec<u8>,
     pub(crate) alive: AtomicBool,
     pub(crate) state: Mutex<State>,
-    task: Mutex<Option<AbortHandle>>,
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Allocation {
@@ -242,7 +242,7 @@ impl Allocation {
             response,
             alive: AtomicBool::new(true),
             state: Mutex::new(state),
-            task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         }
     }
 
@@ -250,13 +250,15 @@ impl Allocation {
         self.alive.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_task(&self, task: AbortHandle) {
-        *lock(&self.task) = Some(task);
+    /// Ties a task to the allocation: it is aborted when the allocation
+    /// goes.
+    pub(crate) fn add_task(&self, task: AbortHandle) {
+        lock(&self.tasks).push(task);
     }
 
     fn kill(&self) {
         self.alive.store(false, Ordering::Relaxed);
-        if let Some(task) = lock(&self.task).take() {
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
     }

@@ -337,7 +337,7 @@ fn allocate<'a>(
         auth.quota_user.clone(),
         socket,
         relayed,
-        link.clone(),
+        shared.client_link(five, link),
         req.txid,
         response.clone(),
         state,

@@ -152,11 +152,35 @@ impl Shared {
         Some((Arc::new(socket), advertised, None))
     }
 
-    /// Starts the task that reads the allocation's relay socket, then makes
-    /// the allocation visible.
+    /// The link for a new allocation. A UDP client gets a socket of its
+    /// own, bound to the listener's address with SO_REUSEPORT and connected
+    /// to the client: the kernel then delivers that client's datagrams to
+    /// it, so each allocation has its own receive buffer and task, and one
+    /// busy client cannot overflow the listener that every newcomer shares.
+    /// When that socket cannot be made, the listener's serves.
+    pub(crate) fn client_link(&self, five: FiveTuple, link: &ClientLink) -> ClientLink {
+        if let ClientLink::Udp(_) = link
+            && let Ok(socket) = connected_udp(five.server, five.client)
+        {
+            return ClientLink::Udp(Arc::new(socket));
+        }
+        link.clone()
+    }
+
+    /// Starts the allocation's tasks, then makes it visible.
     pub(crate) fn start_relay(self: &Arc<Self>, allocation: Arc<Allocation>) {
         let task = tokio::spawn(relay_to_client(self.clone(), allocation.clone()));
-        allocation.set_task(task.abort_handle());
+        allocation.add_task(task.abort_handle());
+        if let ClientLink::Udp(socket) = &allocation.link
+            && socket.peer_addr().is_ok()
+        {
+            let task = tokio::spawn(client_to_relay(
+                self.clone(),
+                allocation.clone(),
+                socket.clone(),
+            ));
+            allocation.add_task(task.abort_handle());
+        }
         self.table.insert(allocation);
     }
 
@@ -321,6 +345,55 @@ fn forward_to_client(
     }
     if shared.log_client_ips {
         tracing::trace!(client = %allocation.five.client, %peer, bytes = n, "relayed to client");
+    }
+}
+
+fn connected_udp(local: SocketAddr, client: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = udp_socket(local, true, RELAY_BUFFER)?;
+    socket.connect(client)?;
+    UdpSocket::from_std(socket)
+}
+
+/// Reads an allocation's own client socket: ChannelData and STUN from
+/// that client, handled as the listener would, without awaiting.
+async fn client_to_relay(shared: Arc<Shared>, allocation: Arc<Allocation>, socket: Arc<UdpSocket>) {
+    let relayed = Relayed::to_peer();
+    let link = ClientLink::Udp(socket.clone());
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        RELAY_BUFFER_TL.with_borrow_mut(|buf| {
+            for _ in 0..64 {
+                let Ok(n) = socket.try_recv(buf) else {
+                    break;
+                };
+                let data = &buf[..n];
+                if n >= 4 && stun::is_channel_data(data[0]) {
+                    if let Some((peer, payload)) = shared.channel_target(&allocation, data)
+                        && send_now(&allocation.relay, payload, peer)
+                    {
+                        relayed.add(payload.len());
+                    }
+                    continue;
+                }
+                match handler::handle(&shared, data, allocation.five, &link) {
+                    Outcome::Reply(reply) => {
+                        send_now(&socket, &reply, allocation.five.client);
+                    }
+                    Outcome::Relay {
+                        allocation: a,
+                        peer,
+                        data,
+                    } => {
+                        if send_now(&a.relay, data, peer) {
+                            relayed.add(data.len());
+                        }
+                    }
+                    Outcome::Nothing => {}
+                }
+            }
+        });
     }
 }
 

@@ -30,11 +30,11 @@ const PEER_PORT: u16 = 34800;
 const MIN_RELAY: u16 = 40000;
 const MAX_RELAY: u16 = 59999;
 const MESSAGE_LEN: &str = "200";
+/// Raises the descriptor limit to the hard one: 1,000 allocations need
+/// more than the usual soft limit of 1,024.
+const RAISE_NOFILE: &str = "ulimit -n \"$(ulimit -Hn)\"";
 /// Allocations held for the memory measurement.
 const HELD: usize = 1000;
-/// Descriptors each process may open: 1,000 allocations need more than
-/// the usual soft limit of 1,024.
-const NOFILE: u32 = 65536;
 
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench turn [--quick] [--messages N] [--interval MS]
@@ -148,7 +148,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             let server = start(name, &hearth, &hearth_config, &out)?;
             loads.push(measure(&server, name, clients, options, tick)?);
         }
-        let (idle_kib, held_kib) = hold(&start(name, &hearth, &hearth_config, &out)?, name)?;
+        let (idle_kib, held_kib) = hold(&start(name, &hearth, &hearth_config, &out)?, name, &out)?;
         all.push(Results {
             name,
             loads,
@@ -227,7 +227,7 @@ fn start(name: &'static str, hearth: &Path, config: &Path, out: &Path) -> Result
     };
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -n {NOFILE} && exec {program}"));
+        .arg(format!("{RAISE_NOFILE} && exec {program}"));
     let log = out.join(format!("{}.log", name.to_lowercase()));
     let mut server = Server::start(name, cmd, &log)?;
     let probe = UdpSocket::bind("127.0.0.1:0")?;
@@ -294,7 +294,7 @@ fn uclient(name: &str, clients: u32, messages: u32, interval_ms: u32, hang: bool
         if hang { " -h" } else { "" }
     );
     cmd.arg("-c").arg(format!(
-        "ulimit -n {NOFILE} && exec turnutils_uclient {flags} 127.0.0.1"
+        "{RAISE_NOFILE} && exec turnutils_uclient {flags} 127.0.0.1"
     ));
     cmd
 }
@@ -325,26 +325,31 @@ fn measure(server: &Server, name: &str, clients: u32, options: Options, tick: f6
 }
 
 /// Resident KiB idle, then with `HELD` allocations open (uclient `-h`
-/// keeps them until killed).
-fn hold(server: &Server, name: &str) -> Result<(u64, u64)> {
+/// keeps them until killed). uclient logs "Total connect time" once every
+/// client holds its allocation.
+fn hold(server: &Server, name: &str, out: &Path) -> Result<(u64, u64)> {
     let idle = server.memory()?.rss_kib;
+    let log = out.join(format!("{}-hold.log", name.to_lowercase()));
+    let file = fs::File::create(&log)?;
     let mut cmd = uclient(name, HELD as u32, 1, 20, true);
     let mut client = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
         .spawn()
         .context("could not start turnutils_uclient")?;
-    // Allocation is done within a few seconds; wait until memory settles.
-    let mut held = 0;
-    for _ in 0..40 {
-        thread::sleep(Duration::from_millis(500));
-        let now = server.memory()?.rss_kib;
-        if now == held {
-            break;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !fs::read_to_string(&log).is_ok_and(|text| text.contains("Total connect time")) {
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            let _ = client.wait();
+            bail!("{name}: uclient did not connect {HELD} clients within 120 s");
         }
-        held = now;
+        thread::sleep(Duration::from_millis(200));
     }
+    // Let the last responses settle.
+    thread::sleep(Duration::from_secs(2));
+    let held = server.memory()?.rss_kib;
     let _ = client.kill();
     let _ = client.wait();
     Ok((idle, held))
