@@ -118,11 +118,13 @@ struct Results {
     /// KiB resident idle, then holding `HELD` allocations.
     idle_kib: u64,
     held_kib: u64,
+    /// Allocations held for `held_kib`.
+    held: usize,
 }
 
 impl Results {
     fn per_allocation_kib(&self) -> f64 {
-        self.held_kib.saturating_sub(self.idle_kib) as f64 / HELD as f64
+        self.held_kib.saturating_sub(self.idle_kib) as f64 / self.held.max(1) as f64
     }
 }
 
@@ -148,12 +150,14 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             let server = start(name, &hearth, &hearth_config, &out)?;
             loads.push(measure(&server, name, clients, options, tick)?);
         }
-        let (idle_kib, held_kib) = hold(&start(name, &hearth, &hearth_config, &out)?, name, &out)?;
+        let (idle_kib, held_kib, held) =
+            hold(&start(name, &hearth, &hearth_config, &out)?, name, &out)?;
         all.push(Results {
             name,
             loads,
             idle_kib,
             held_kib,
+            held,
         });
     }
     let report = render(&all, options, &coturn_version());
@@ -324,11 +328,14 @@ fn measure(server: &Server, name: &str, clients: u32, options: Options, tick: f6
     })
 }
 
-/// Resident KiB idle, then with `HELD` allocations open (uclient `-h`
-/// keeps them until killed). uclient logs "Total connect time" once every
-/// client holds its allocation.
-fn hold(server: &Server, name: &str, out: &Path) -> Result<(u64, u64)> {
+/// Resident KiB idle, then holding at least `HELD` allocations (uclient
+/// `-h` keeps them until killed), and how many it held. Both servers open
+/// two sockets per UDP allocation (the relay, and one connected to the
+/// client), so allocations are counted from the server's descriptors:
+/// uclient's own count is no use, as it abandons and retries some.
+fn hold(server: &Server, name: &str, out: &Path) -> Result<(u64, u64, usize)> {
     let idle = server.memory()?.rss_kib;
+    let idle_fds = open_fds(server.pid())?;
     let log = out.join(format!("{}-hold.log", name.to_lowercase()));
     let file = fs::File::create(&log)?;
     let mut cmd = uclient(name, HELD as u32, 1, 20, true);
@@ -339,20 +346,27 @@ fn hold(server: &Server, name: &str, out: &Path) -> Result<(u64, u64)> {
         .spawn()
         .context("could not start turnutils_uclient")?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !fs::read_to_string(&log).is_ok_and(|text| text.contains("Total connect time")) {
-        if Instant::now() > deadline {
-            let _ = client.kill();
-            let _ = client.wait();
-            bail!("{name}: uclient did not connect {HELD} clients within 120 s");
-        }
+    let allocations = |fds: usize| fds.saturating_sub(idle_fds) / 2;
+    while allocations(open_fds(server.pid())?) < HELD && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
     }
     // Let the last responses settle.
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(Duration::from_secs(1));
     let held = server.memory()?.rss_kib;
+    let count = allocations(open_fds(server.pid())?);
     let _ = client.kill();
     let _ = client.wait();
-    Ok((idle, held))
+    if count == 0 {
+        bail!("{name} held no allocation; see {}", log.display());
+    }
+    Ok((idle, held, count))
+}
+
+fn open_fds(pid: u32) -> Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    Ok(fs::read_dir(&dir)
+        .with_context(|| format!("could not read {dir}"))?
+        .count())
 }
 
 /// uclient's closing totals: sent, received, lost.
@@ -452,17 +466,18 @@ fn render(all: &[Results], options: Options, coturn: &str) -> String {
             );
         }
     }
-    let _ = writeln!(r, "\nMemory with {HELD} allocations held:\n");
+    let _ = writeln!(r, "\nMemory holding about {HELD} allocations:\n");
     let _ = writeln!(
         r,
-        "| server | idle RSS MiB | RSS MiB | KiB per allocation |"
+        "| server | allocations | idle RSS MiB | RSS MiB | KiB per allocation |"
     );
-    let _ = writeln!(r, "|---|---|---|---|");
+    let _ = writeln!(r, "|---|---|---|---|---|");
     for res in all {
         let _ = writeln!(
             r,
-            "| {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
             res.name,
+            res.held,
             res.idle_kib as f64 / 1024.0,
             res.held_kib as f64 / 1024.0,
             res.per_allocation_kib()
