@@ -191,9 +191,8 @@ impl Mailer {
     }
 
     /// Renders `template` for `to` and sends it. A refused or failed
-    /// delivery is 500 `M_EMAIL_SEND_ERROR`: Sydent's status, and a server
-    /// fault to monitor (the spec lists the code under 400, which clients
-    /// do not act on differently).
+    /// delivery is 400 `M_EMAIL_SEND_ERROR`, where the spec lists it
+    /// (Sydent answers 500); the warning logged says why.
     pub(crate) async fn send(
         &self,
         template: Template,
@@ -238,8 +237,8 @@ impl Mailer {
                     "mail could not be sent"
                 );
                 Err(MatrixError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrCode("M_EMAIL_SEND_ERROR"),
+                    StatusCode::BAD_REQUEST,
+                    ErrCode::EMAIL_SEND_ERROR,
                     "The mail could not be sent",
                 ))
             }
@@ -252,7 +251,7 @@ pub(crate) fn parse_address(address: &str) -> Result<Address, MatrixError> {
     address.parse().map_err(|_| {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
-            ErrCode("M_INVALID_EMAIL"),
+            ErrCode::INVALID_EMAIL,
             "Invalid email address",
         )
     })

@@ -55,8 +55,8 @@ pub async fn forget(state: &IdentityState, user_id: &UserId) -> Result<(), Matri
     let mut tx = state.db.pool().begin().await?;
     // Tell every instance's lookup index, then remove the bindings.
     sqlx::query(
-        "INSERT INTO identity_lookup_changes (medium, address, mxid, ts)
-         SELECT medium, address, NULL, $2 FROM identity_associations WHERE mxid = $1",
+        "INSERT INTO identity_lookup_changes (medium, address, lookup_alias, mxid, ts)
+         SELECT medium, address, lookup_alias, NULL, $2 FROM identity_associations WHERE mxid = $1",
     )
     .bind(user_id.as_str())
     .bind(hearth_core::time::now_ms())

@@ -17,6 +17,7 @@ use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use common::{Mail, SmtpCapture};
 use hearth_core::config::Duration as ConfigDuration;
+use hearth_core::http::percent_encode;
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyVersion, SigningKey, VerifyKey};
 use hearth_core::signed_json::verify_json;
@@ -802,7 +803,8 @@ async fn store_invite_refuses_what_the_spec_and_sydent_refuse(backend: Backend) 
     incomplete.as_object_mut().unwrap().remove("room_id");
     let (status, body) = env.store_invite(&alice, incomplete).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["errcode"], "M_BAD_JSON");
+    // Spec "Standard error response": a missing parameter.
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
 
     let (status, body) = env
         .call(
@@ -883,7 +885,8 @@ async fn store_invite_takes_back_an_invite_whose_mail_failed(backend: Backend) {
     let (status, body) = env
         .store_invite(&alice, invite_body(&unique_address("unreachable"), "books"))
         .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    // Spec `requestToken` lists `M_EMAIL_SEND_ERROR` under 400.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_EMAIL_SEND_ERROR");
     assert_eq!(env.count("identity_invites").await, 0);
     assert_eq!(env.count("identity_ephemeral_keys").await, 0);
@@ -951,7 +954,7 @@ async fn invite_mail_links_only_to_the_configured_client_and_signing_works(backe
     assert_eq!(params["inviter_name"], "Alice");
     let sign_url = &params["signurl"];
     assert!(
-        sign_url.starts_with("https://is.test/_matrix/identity/v2/sign-ed25519?"),
+        sign_url.starts_with("https://is.test/_hearth/identity/v1/sign-ed25519?"),
         "{sign_url}"
     );
     let sign = query_params(sign_url);
@@ -983,13 +986,48 @@ async fn invite_mail_links_only_to_the_configured_client_and_signing_works(backe
     // Not with the long-term key.
     assert!(verify_json(&signed, IS_NAME, [(key_id.as_str(), &env.key.verify_key())]).is_err());
 
-    // The signurl itself, as a client POSTs it with only `mxid` in the body.
+    // The signurl itself, as matrix-js-sdk's `joinRoom(room, {inviteSignUrl})`
+    // POSTs it: `mxid` added to the query, no body, no token (decision 0006).
     let path = sign_url.strip_prefix("https://is.test").unwrap();
-    let (status, again) = env
-        .call(Method::POST, path, Some(&bob), Some(json!({"mxid": BOB})))
-        .await;
+    let mailed = format!("{path}&mxid={}", percent_encode(BOB));
+    let (status, again) = env.call(Method::POST, &mailed, None, None).await;
     assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["mxid"], BOB);
+    assert_eq!(again["sender"], ALICE);
+    assert_eq!(again["token"], token);
     verify_json(&again, IS_NAME, [(key_id.as_str(), &ephemeral)]).unwrap();
+
+    // Only with the private key handed out with this invite: the token is
+    // public (the state key of `m.room.third_party_invite`).
+    let other_key = hearth_core::base64::encode_url_safe([7u8; 32]);
+    let forged = format!(
+        "/_hearth/identity/v1/sign-ed25519?token={}&private_key={other_key}&mxid={}",
+        percent_encode(token),
+        percent_encode(BOB)
+    );
+    let (status, body) = env.call(Method::POST, &forged, None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    let (status, body) = env.call(Method::POST, path, None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
+
+    // v2 `/sign-ed25519` stays as the spec has it: the query is not read,
+    // the body must hold all three.
+    let (status, body) = env
+        .call(
+            Method::POST,
+            &format!(
+                "{BASE}/sign-ed25519?token={}&private_key={}",
+                percent_encode(token),
+                percent_encode(private_key)
+            ),
+            Some(&bob),
+            Some(json!({"mxid": BOB})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
 
     // Signing needs the terms like every authenticated endpoint.
     let (status, body) = env

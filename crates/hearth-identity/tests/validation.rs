@@ -366,7 +366,8 @@ async fn invalid_requests_are_rejected() {
                 json!({"client_secret": "sec", "email": "f@example.org"}),
             )
             .await;
-        assert_eq!(r.errcode(), "M_BAD_JSON");
+        // Spec "Standard error response": a missing parameter.
+        assert_eq!(r.errcode(), "M_MISSING_PARAMS");
         // The first mail of this test is the next valid request's.
         sid_of(&request_email(&h, &alice, "f@example.org", "sec", 1, None).await);
         let mails = smtp.wait_for(1).await;
@@ -402,8 +403,8 @@ async fn mails_are_rate_limited_per_address() {
     }
 }
 
-/// An SMTP server that cannot be reached is 500 `M_EMAIL_SEND_ERROR`
-/// (Sydent's status; the spec lists the code under 400).
+/// An SMTP server that cannot be reached is 400 `M_EMAIL_SEND_ERROR`, as
+/// the spec's `requestToken` lists it (Sydent answers 500).
 #[tokio::test]
 async fn unreachable_smtp_is_an_email_send_error() {
     for (db, dir) in backends().await {
@@ -411,7 +412,7 @@ async fn unreachable_smtp_is_an_email_send_error() {
         let h = Harness::start(db, dir, test_config()).await;
         let alice = h.user("alice").await;
         let r = request_email(&h, &alice, "ivan@example.org", "sec", 1, None).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(r.errcode(), "M_EMAIL_SEND_ERROR");
     }
 }
@@ -562,7 +563,8 @@ async fn msisdn_http_gateway_receives_json() {
         let guarded = Harness::start(db.clone(), None, config.clone()).await;
         let bob = guarded.user("bob").await;
         let r = request_msisdn(&guarded, &bob, "US", "(650) 253-0001", "sec", 1).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+        // Spec msisdn `requestToken`: `M_SEND_ERROR` is a 400.
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
         assert_eq!(r.errcode(), "M_SEND_ERROR");
         assert!(gateway.received.lock().unwrap().is_empty());
 
@@ -590,7 +592,7 @@ async fn msisdn_http_gateway_receives_json() {
 
         gateway.status.store(503, Ordering::SeqCst);
         let failed = request_msisdn(&h, &alice, "US", "(650) 253-0000", "sec", 2).await;
-        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.status, StatusCode::BAD_REQUEST);
         assert_eq!(failed.errcode(), "M_SEND_ERROR");
 
         gateway.status.store(200, Ordering::SeqCst);
