@@ -1269,6 +1269,12 @@ async fn onbind_outbox_survives_a_restart(backend: Backend) {
     first.bind(&bob, BOB, &address).await;
     let worker = Worker::start(&first.state);
     first.hs.wait_for_requests(1).await;
+    // The worker records the failure a moment after the homeserver saw it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.outbox_rows().await.iter().all(|row| row.1 == 0) {
+        assert!(Instant::now() < deadline, "the failure is never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     worker.stop().await;
     let rows = first.outbox_rows().await;
     assert_eq!(rows.len(), 1);
