@@ -311,10 +311,13 @@ struct Env {
     smtp: Arc<SmtpCapture>,
 }
 
+/// A change to the test config.
+type Configure = Box<dyn Fn(&mut hearth_identity::Config)>;
+
 #[derive(Default)]
 struct Options {
     /// Changes to the config, after the others.
-    configure: Option<Box<dyn Fn(&mut hearth_identity::Config)>>,
+    configure: Option<Configure>,
     /// The homeserver takes `onbind` by PUT only.
     onbind_put_only: bool,
     web_client_location: Option<String>,
