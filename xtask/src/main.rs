@@ -8,6 +8,7 @@
 //! built `hearth` binary in `HEARTH_BIN`.
 
 mod bench;
+mod debian;
 mod postgres;
 mod python;
 mod sydent;
@@ -59,6 +60,9 @@ fn main() -> ExitCode {
 const E2E_PACKAGE: &str = "hearth-e2e";
 /// The variable the end-to-end harness reads to find the binary.
 const HEARTH_BIN_VAR: &str = "HEARTH_BIN";
+/// dnsmasq from Debian's dnsmasq-base, and the variable naming it.
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+const DNSMASQ_VAR: &str = "HEARTH_TEST_DNSMASQ";
 
 /// `cargo xtask test`: peers up, tests, peers down, the runner's exit code.
 fn test(args: &[String]) -> Result<ExitCode> {
@@ -74,6 +78,9 @@ fn test(args: &[String]) -> Result<ExitCode> {
         env.push((synapse::PYTHON_VAR, synapse.interpreter().into()));
         let sydent = sydent::Sydent::setup(&root)?;
         env.push((sydent::PYTHON_VAR, sydent.python().into()));
+        // A real DNS server for server-name resolution (notary tests).
+        debian::ensure(Path::new(DNSMASQ), "dnsmasq-base")?;
+        env.push((DNSMASQ_VAR, DNSMASQ.into()));
         env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;

@@ -34,17 +34,37 @@ pub trait Dns: Send + Sync {
     fn ip(&self, host: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>>;
 }
 
-/// The system resolver, as configured in `/etc/resolv.conf`.
+/// The resolver: the system's, as configured in `/etc/resolv.conf`, or the
+/// name servers the operator named (`federation.dns_servers`).
 #[derive(Debug)]
 pub struct SystemDns(hickory_resolver::TokioResolver);
 
 impl SystemDns {
-    pub fn new() -> io::Result<Self> {
-        let resolver = hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(io::Error::other)?
-            .build()
-            .map_err(io::Error::other)?;
-        Ok(Self(resolver))
+    /// `servers` empty: the system's configuration.
+    pub fn new(servers: &[SocketAddr]) -> io::Result<Self> {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+        let builder = if servers.is_empty() {
+            hickory_resolver::TokioResolver::builder_tokio().map_err(io::Error::other)?
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|addr| {
+                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                        .into_iter()
+                        .map(|mut c| {
+                            c.port = addr.port();
+                            c
+                        })
+                        .collect();
+                    NameServerConfig::new(addr.ip(), true, connections)
+                })
+                .collect();
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(name_servers),
+                hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+            )
+        };
+        Ok(Self(builder.build().map_err(io::Error::other)?))
     }
 }
 

@@ -102,7 +102,8 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 fn federation_client(config: &Config, origin: Option<Origin>) -> anyhow::Result<FederationClient> {
-    let dns = SystemDns::new().context("reading the system DNS configuration")?;
+    let dns =
+        SystemDns::new(&config.federation.dns_servers).context("setting up DNS resolution")?;
     FederationClient::new(&config.federation, Arc::new(dns), origin)
         .map_err(|e| anyhow::anyhow!("federation: {e}"))
 }
