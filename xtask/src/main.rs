@@ -9,6 +9,7 @@
 
 mod bench;
 mod debian;
+mod node;
 mod postgres;
 mod python;
 mod sydent;
@@ -81,6 +82,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
         // A real DNS server for server-name resolution (notary tests).
         debian::ensure(Path::new(DNSMASQ), "dnsmasq-base")?;
         env.push((DNSMASQ_VAR, DNSMASQ.into()));
+        // matrix-js-sdk for Element's calls (tests/js).
+        node::setup(&root)?;
         env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;

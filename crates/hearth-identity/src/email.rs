@@ -71,9 +71,13 @@ const BUILT_IN: &[(&str, &str)] = &[
 pub(crate) enum Template {
     /// Context: `token`, `link`.
     Validation,
-    /// Context: `sender_display_name`, `sender`, `room_name`, `room_alias`,
-    /// `room_id`, `room_type`, `web_client_location` and `invite_link`
-    /// (both may be null).
+    /// Context: every field of the store-invite request by its name
+    /// (`sender`, `sender_display_name`, `sender_avatar_url`, `room_id`,
+    /// `room_alias`, `room_name`, `room_avatar_url`, `room_join_rules`,
+    /// `room_type`, extra keys), the whole request as `request`, the spec's
+    /// `inviter_name` and `room_avatar`, and `token`,
+    /// `ephemeral_private_key`, `sign_url`, `web_client_location` and
+    /// `invite_link` (the last two may be null).
     Invite,
 }
 
