@@ -68,16 +68,17 @@ pub(crate) struct BindRequest {
     mxid: UserId,
 }
 
-/// The signed association (spec "Establishing associations"), before its
-/// `signatures` are added.
+/// The signed association (spec "Establishing associations").
 #[derive(Serialize)]
-struct Association<'a> {
-    address: &'a str,
-    medium: &'a str,
-    mxid: &'a UserId,
+pub(crate) struct Association {
+    address: String,
+    medium: String,
+    mxid: UserId,
     not_before: i64,
     not_after: i64,
     ts: i64,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    signatures: Value,
 }
 
 /// `POST /3pid/bind`: publishes the association, signed with our key, and
@@ -86,7 +87,7 @@ pub(crate) async fn bind(
     State(state): State<IdentityState>,
     TermsAccepted(user): TermsAccepted,
     FormOrJson(request): FormOrJson<BindRequest>,
-) -> Result<Json<Value>, MatrixError> {
+) -> Result<Json<Association>, MatrixError> {
     if request.mxid != user.user_id {
         return Err(MatrixError::new(
             StatusCode::FORBIDDEN,
@@ -161,21 +162,19 @@ pub(crate) async fn bind(
     );
     // Deliver any onbind callback just queued now, not at the next poll.
     crate::outbox::wake();
-    let mut association = serde_json::to_value(Association {
-        address: &session.address,
-        medium: &session.medium,
-        mxid: &request.mxid,
+    let mut association = Association {
+        address: session.address,
+        medium: session.medium,
+        mxid: request.mxid,
         not_before: ts,
         not_after,
         ts,
-    })
-    .map_err(MatrixError::internal)?;
-    sign_json(
-        &mut association,
-        state.server_name.as_str(),
-        &state.signing_key,
-    )
-    .map_err(MatrixError::internal)?;
+        signatures: Value::Null,
+    };
+    let mut signed = serde_json::to_value(&association).map_err(MatrixError::internal)?;
+    sign_json(&mut signed, state.server_name.as_str(), &state.signing_key)
+        .map_err(MatrixError::internal)?;
+    association.signatures = signed["signatures"].take();
     tracing::info!("3PID bound");
     Ok(Json(association))
 }

@@ -29,7 +29,7 @@ use hearth_core::time::now_ms;
 use hearth_core::{ErrCode, Json, MatrixError, Redacted};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sqlx::Row;
 
 /// Characters of each half of the address `display_name` reveals (Sydent's
@@ -377,7 +377,7 @@ fn invite_link(
 #[derive(Debug, Deserialize)]
 pub(crate) struct SignRequest {
     mxid: UserId,
-    token: String,
+    token: Redacted<String>,
     private_key: Redacted<String>,
 }
 
@@ -430,7 +430,7 @@ async fn sign(
     };
     let row =
         sqlx::query("SELECT sender, ephemeral_public_key FROM identity_invites WHERE token = $1")
-            .bind(&request.token)
+            .bind(request.token.expose())
             .fetch_optional(state.db.pool())
             .await?
             .ok_or_else(unknown)?;
@@ -454,14 +454,19 @@ async fn sign(
             return Err(unknown());
         }
     }
-    let mut signed = json!({ "mxid": request.mxid, "sender": sender, "token": request.token });
-    sign_json(&mut signed, state.server_name.as_str(), &key).map_err(MatrixError::internal)?;
-    Ok(SignedInvite {
+    let mut invite = SignedInvite {
         mxid: request.mxid,
         sender,
-        token: request.token,
-        signatures: signed["signatures"].take(),
-    })
+        token: request.token.into_inner(),
+        signatures: Value::Null,
+    };
+    let mut signed = serde_json::to_value(&invite).map_err(MatrixError::internal)?;
+    if let Some(fields) = signed.as_object_mut() {
+        fields.remove("signatures");
+    }
+    sign_json(&mut signed, state.server_name.as_str(), &key).map_err(MatrixError::internal)?;
+    invite.signatures = signed["signatures"].take();
+    Ok(invite)
 }
 
 /// The 32-byte seed in either base64 alphabet, padded or not; a 64-byte
@@ -517,31 +522,36 @@ pub(crate) async fn on_bound(
     let mut entries = Vec::with_capacity(invites.len());
     for invite in &invites {
         let token: String = invite.try_get("token")?;
-        let mut signed = json!({ "mxid": mxid, "token": token });
-        sign_json(&mut signed, state.server_name.as_str(), &state.signing_key)
-            .map_err(MatrixError::internal)?;
-        entries.push(json!({
-            "medium": invite.try_get::<String, _>("medium")?,
-            "address": invite.try_get::<String, _>("address")?,
-            "mxid": mxid,
-            "room_id": invite.try_get::<String, _>("room_id")?,
-            "sender": invite.try_get::<String, _>("sender")?,
-            "token": token,
-            "signed": signed,
-        }));
+        let signed = signed_value(
+            state,
+            &Signed {
+                mxid,
+                token: &token,
+            },
+        )?;
+        entries.push(OnbindInvite {
+            medium: invite.try_get("medium")?,
+            address: invite.try_get("address")?,
+            mxid,
+            room_id: invite.try_get("room_id")?,
+            sender: invite.try_get("sender")?,
+            token,
+            signed,
+        });
     }
     // What Sydent posts: the association, `invites` included, signed whole.
-    let mut body = json!({
-        "medium": medium,
-        "address": address,
-        "mxid": mxid,
-        "ts": ts,
-        "not_before": not_before,
-        "not_after": not_after,
-        "invites": entries,
-    });
-    sign_json(&mut body, state.server_name.as_str(), &state.signing_key)
-        .map_err(MatrixError::internal)?;
+    let body = signed_value(
+        state,
+        &Onbind {
+            medium,
+            address,
+            mxid,
+            ts,
+            not_before,
+            not_after,
+            invites: entries,
+        },
+    )?;
     outbox::enqueue(tx, mxid.server_name(), &body).await?;
     sqlx::query("DELETE FROM identity_invites WHERE medium = $1 AND address = $2")
         .bind(medium)
@@ -554,6 +564,46 @@ pub(crate) async fn on_bound(
         "onbind callback queued"
     );
     Ok(())
+}
+
+/// The `onbind` body (Server-Server API "Third-party invites"), as Sydent
+/// sends it: the association with its pending invites.
+#[derive(Serialize)]
+struct Onbind<'a> {
+    medium: &'a str,
+    address: &'a str,
+    mxid: &'a UserId,
+    ts: i64,
+    not_before: i64,
+    not_after: i64,
+    invites: Vec<OnbindInvite<'a>>,
+}
+
+#[derive(Serialize)]
+struct OnbindInvite<'a> {
+    medium: String,
+    address: String,
+    mxid: &'a UserId,
+    room_id: String,
+    sender: String,
+    token: String,
+    /// A signed [`Signed`].
+    signed: Value,
+}
+
+/// What the homeserver puts in `third_party_invite.signed`.
+#[derive(Serialize)]
+struct Signed<'a> {
+    mxid: &'a UserId,
+    token: &'a str,
+}
+
+/// `value` as JSON, signed with the long-term key.
+fn signed_value(state: &IdentityState, value: &impl Serialize) -> Result<Value, MatrixError> {
+    let mut json = serde_json::to_value(value).map_err(MatrixError::internal)?;
+    sign_json(&mut json, state.server_name.as_str(), &state.signing_key)
+        .map_err(MatrixError::internal)?;
+    Ok(json)
 }
 
 fn ephemeral_key(seed: [u8; 32]) -> SigningKey {
