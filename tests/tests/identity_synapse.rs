@@ -100,10 +100,10 @@ impl World {
             },
             "rc_3pid_validation": {"per_second": 1000, "burst_count": 1000},
         });
-        if let (Some(extra), Some(config)) = (setup.synapse, synapse_config.as_object_mut()) {
-            if let Value::Object(extra) = extra(&format!("https://{id_server}")) {
-                config.extend(extra);
-            }
+        if let (Some(extra), Some(config)) = (setup.synapse, synapse_config.as_object_mut())
+            && let Value::Object(extra) = extra(&format!("https://{id_server}"))
+        {
+            config.extend(extra);
         }
         let synapse = Synapse::start(&synapse_config);
         eprintln!(
