@@ -1,5 +1,8 @@
 //! The Matrix Identity Service API v2 (spec "Identity Service API"), with
-//! accounts and terms from `hearth-auth`. No v1 endpoint is served.
+//! accounts and terms from `hearth-auth`. No v1 endpoint is served, except,
+//! when `sms.serve_synapse_delegation` asks for them, the three Synapse's
+//! msisdn delegation calls (see `validation`). The invite mail's signing
+//! link is Hearth's own `/_hearth/identity/v1/sign-ed25519` (decision 0006).
 //!
 //! Modules follow the spec's sections: `status` (versions, status),
 //! `pubkey` (key management), `lookup` (hashed association lookup),
@@ -324,14 +327,15 @@ pub fn router(state: IdentityState) -> Router {
         .with_state(state)
 }
 
-/// `POST /account/register`: Sydent's shape, `token` plus the legacy
-/// `access_token` that older Element reads.
+/// Sydent's shape, `token` plus the legacy `access_token` that Element
+/// reads.
 #[derive(serde::Serialize)]
 struct RegisterResponse {
     token: String,
     access_token: String,
 }
 
+/// `POST /account/register`.
 async fn register(
     axum::extract::State(state): axum::extract::State<IdentityState>,
     hearth_core::Json(credentials): hearth_core::Json<hearth_auth::OpenIdCredentials>,
