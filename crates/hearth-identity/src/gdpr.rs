@@ -11,7 +11,8 @@ use sqlx::Row;
 pub async fn export(state: &IdentityState, user_id: &UserId) -> Result<Value, MatrixError> {
     let pool = state.db.pool();
     let associations = sqlx::query(
-        "SELECT medium, address, ts FROM identity_associations WHERE mxid = $1 ORDER BY ts",
+        "SELECT medium, address, lookup_alias, ts FROM identity_associations
+         WHERE mxid = $1 ORDER BY ts",
     )
     .bind(user_id.as_str())
     .fetch_all(pool)
@@ -21,6 +22,8 @@ pub async fn export(state: &IdentityState, user_id: &UserId) -> Result<Value, Ma
         Ok(json!({
             "medium": r.try_get::<String, _>("medium")?,
             "address": r.try_get::<String, _>("address")?,
+            // The address as lower-cased, kept for lookups when it differs.
+            "lookup_alias": r.try_get::<Option<String>, _>("lookup_alias")?,
             "bound_ts": r.try_get::<i64, _>("ts")?,
         }))
     })
