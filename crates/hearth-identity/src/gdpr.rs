@@ -19,13 +19,16 @@ pub async fn export(state: &IdentityState, user_id: &UserId) -> Result<Value, Ma
     .await?
     .iter()
     .map(|r| {
-        Ok(json!({
+        let mut association = json!({
             "medium": r.try_get::<String, _>("medium")?,
             "address": r.try_get::<String, _>("address")?,
-            // The address as lower-cased, kept for lookups when it differs.
-            "lookup_alias": r.try_get::<Option<String>, _>("lookup_alias")?,
             "bound_ts": r.try_get::<i64, _>("ts")?,
-        }))
+        });
+        // The address lower-cased, kept for lookups where it differs.
+        if let Some(alias) = r.try_get::<Option<String>, _>("lookup_alias")? {
+            association["lookup_alias"] = Value::String(alias);
+        }
+        Ok(association)
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let invites = sqlx::query(
