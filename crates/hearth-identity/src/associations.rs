@@ -326,3 +326,30 @@ pub(crate) async fn unbind(
     }
     Ok(Json(Empty {}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 6 item 8: client secrets and 3PIDs never show in `Debug`.
+    #[test]
+    fn requests_redact_secrets_and_3pids() {
+        let bind: BindRequest = crate::params::parse(serde_json::json!({
+            "sid": "1", "client_secret": "s3cret-cs", "mxid": "@a:hs.test",
+        }))
+        .unwrap();
+        let unbind: UnbindRequest = crate::params::parse(serde_json::json!({
+            "mxid": "@a:hs.test", "sid": "1", "client_secret": "s3cret-cs",
+            "threepid": {"medium": "email", "address": "who@example.org"},
+        }))
+        .unwrap();
+        let query: SessionQuery = crate::params::parse(serde_json::json!({
+            "sid": "1", "client_secret": "s3cret-cs",
+        }))
+        .unwrap();
+        let shown = format!("{bind:?} {unbind:?} {query:?}");
+        for secret in ["s3cret-cs", "who@example.org"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+}

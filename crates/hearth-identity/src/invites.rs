@@ -636,6 +636,30 @@ pub(crate) fn redact_address(address: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Issue 6 item 8: the invitee's address, extra keys, the token and
+    /// the ephemeral private key never show in `Debug`.
+    #[test]
+    fn requests_redact_secrets_and_3pids() {
+        let store: StoreInviteRequest = crate::params::parse(serde_json::json!({
+            "medium": "email", "address": "invitee@example.org", "room_id": "!r:hs.test",
+            "sender": "@a:hs.test", "custom": "private-extra",
+        }))
+        .unwrap();
+        let sign: SignRequest = crate::params::parse(serde_json::json!({
+            "mxid": "@a:hs.test", "token": "invite-t0ken", "private_key": "priv-k3y",
+        }))
+        .unwrap();
+        let shown = format!("{store:?} {sign:?}");
+        for secret in [
+            "invitee@example.org",
+            "private-extra",
+            "invite-t0ken",
+            "priv-k3y",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
     #[test]
     fn addresses_are_redacted_like_sydent() {
         assert_eq!(redact_address("foo@bar.com"), "f...@bar...");

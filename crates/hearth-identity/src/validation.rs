@@ -477,6 +477,29 @@ mod tests {
         take(&limiter, "b").unwrap();
     }
 
+    /// Issue 6 item 8: secrets and 3PIDs in requests never show in
+    /// `Debug` (and so in any log field).
+    #[test]
+    fn requests_redact_secrets_and_3pids() {
+        let email: EmailRequestToken = crate::params::parse(json!({
+            "client_secret": "s3cret-cs", "email": "who@example.org", "send_attempt": "1",
+        }))
+        .unwrap();
+        let msisdn: MsisdnRequestToken = crate::params::parse(json!({
+            "client_secret": "s3cret-cs", "country": null, "phone_number": "+447700900123",
+            "send_attempt": 1,
+        }))
+        .unwrap();
+        let submit: SubmitToken = crate::params::parse(json!({
+            "sid": "1", "client_secret": "s3cret-cs", "token": "t0ken-value",
+        }))
+        .unwrap();
+        let shown = format!("{email:?} {msisdn:?} {submit:?}");
+        for secret in ["s3cret-cs", "who@example.org", "7700900123", "t0ken-value"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
     #[test]
     fn next_link_must_be_http_or_https() {
         assert_eq!(check_next_link(None).unwrap(), None);
