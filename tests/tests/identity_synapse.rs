@@ -75,8 +75,10 @@ impl World {
     fn start_with(setup: Setup) -> Self {
         let started = Instant::now();
         let smtp = SmtpCapture::start();
-        let site = Site::new();
-        let id_server = format!("localhost:{}", site.public_addr().port());
+        // Hearth's port is picked when it is about to listen, so no other
+        // process takes it meanwhile; only a Synapse that must be told
+        // Hearth's URL needs it earlier.
+        let early_site = setup.synapse.is_some().then(Site::new);
         let mut synapse_config = json!({
             // The IS client skips certificate checks; federation is untouched.
             "use_insecure_ssl_client_just_for_testing_do_not_use": true,
@@ -100,8 +102,10 @@ impl World {
             },
             "rc_3pid_validation": {"per_second": 1000, "burst_count": 1000},
         });
-        if let (Some(extra), Some(config)) = (setup.synapse, synapse_config.as_object_mut())
-            && let Value::Object(extra) = extra(&format!("https://{id_server}"))
+        if let (Some(extra), Some(config), Some(site)) =
+            (setup.synapse, synapse_config.as_object_mut(), &early_site)
+            && let Value::Object(extra) =
+                extra(&format!("https://localhost:{}", site.public_addr().port()))
         {
             config.extend(extra);
         }
@@ -112,6 +116,8 @@ impl World {
             started.elapsed()
         );
 
+        let site = early_site.unwrap_or_else(Site::new);
+        let id_server = format!("localhost:{}", site.public_addr().port());
         let certs = tempfile::tempdir().expect("a directory for certificates");
         let cert = TestCertificate::localhost(certs.path());
         let mut config = format!(
