@@ -16,7 +16,7 @@
 
 use crate::email::Template;
 use crate::params::Body;
-use crate::threepid::{EMAIL, canonical_email};
+use crate::threepid::{self, EMAIL};
 use crate::{IdentityState, outbox};
 use axum::extract::State;
 use hearth_auth::TermsAccepted;
@@ -105,13 +105,19 @@ pub(crate) async fn store_invite(
     if !request.room_id.starts_with('!') || request.room_id.len() > 255 {
         return Err(MatrixError::invalid_param("room_id is not a room ID"));
     }
-    let address = canonical_email(request.address.expose())?;
-    let bound =
-        sqlx::query("SELECT mxid FROM identity_associations WHERE medium = $1 AND address = $2")
-            .bind(EMAIL)
-            .bind(&address)
-            .fetch_optional(state.db.pool())
-            .await?;
+    let email = threepid::email(request.address.expose())?;
+    let address = email.canonical;
+    // Bindings made before addresses were case-folded are stored
+    // lower-cased; either form is the same person.
+    let bound = sqlx::query(
+        "SELECT mxid FROM identity_associations
+         WHERE medium = $1 AND (address = $2 OR address = $3)",
+    )
+    .bind(EMAIL)
+    .bind(&address)
+    .bind(email.lower.as_deref().unwrap_or(&address))
+    .fetch_optional(state.db.pool())
+    .await?;
     if let Some(row) = bound {
         let mxid: String = row.try_get("mxid")?;
         return Err(MatrixError::new(

@@ -87,6 +87,7 @@ on_both_backends!(
     invite_mails_are_capped_per_recipient,
     invite_template_receives_every_field,
     onbind_falls_back_to_put_and_remembers_it,
+    store_invite_knows_bindings_stored_before_case_folding,
 );
 
 struct Backend {
@@ -1631,4 +1632,27 @@ async fn onbind_falls_back_to_put_and_remembers_it(backend: Backend) {
         "only the first callback tried POST"
     );
     assert_eq!(env.hs.requests().len(), 2);
+}
+
+/// Issue 11 item 10: bindings made before addresses were case-folded are
+/// stored lower-cased (`strauß@…`, not `strauss@…`). An invite to that
+/// address in any case is still `M_THREEPID_IN_USE` with the bound `mxid`
+/// (spec `/store-invite`), not a second, mailed invite.
+async fn store_invite_knows_bindings_stored_before_case_folding(backend: Backend) {
+    let env = env(backend.db, Options::default()).await;
+    let alice = env.user("alice").await;
+    sqlx::query(
+        "INSERT INTO identity_associations (medium, address, mxid, ts, not_before, not_after)
+         VALUES ('email', 'old.strauß@example.org', $1, 1, 1, 2)",
+    )
+    .bind(BOB)
+    .execute(env.state.db.pool())
+    .await
+    .unwrap();
+    let (status, body) = env
+        .store_invite(&alice, invite_body("Old.Strauß@Example.org", "books"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_THREEPID_IN_USE");
+    assert_eq!(body["mxid"], BOB);
 }
