@@ -1157,6 +1157,30 @@ pub fn synapse_python() -> PathBuf {
     venv
 }
 
+/// Verifies the signed JSON on stdin for server argv[1] with the verify key
+/// of every key in the Synapse key file argv[2], via Synapse's own library
+/// (`signedjson.sign.verify_signed_json`); then checks that a tampered copy
+/// is rejected, so a pass means something.
+pub const PY_VERIFY_SIGNED_JSON: &str = "\
+import copy, json, sys
+from signedjson.key import read_signing_keys, get_verify_key
+from signedjson.sign import verify_signed_json, SignatureVerifyException
+obj = json.load(sys.stdin)
+with open(sys.argv[2]) as f:
+    keys = read_signing_keys(f)
+for key in keys:
+    verify_signed_json(obj, sys.argv[1], get_verify_key(key))
+    tampered = copy.deepcopy(obj)
+    tampered['valid_until_ts'] += 1
+    try:
+        verify_signed_json(tampered, sys.argv[1], get_verify_key(key))
+    except SignatureVerifyException:
+        pass
+    else:
+        sys.exit('a tampered object verified')
+print('verified %d' % len(keys))
+";
+
 /// Merges the JSON object argv[2] into the top level of the YAML file
 /// argv[1] (Synapse's PyYAML).
 const PY_MERGE_YAML: &str = "\
@@ -1180,6 +1204,9 @@ pub struct Synapse {
     server_name: String,
     child: Child,
     python: PathBuf,
+    /// Set when its listener speaks TLS (`start_tls`): the client config
+    /// and the CA file.
+    tls: Option<(Arc<rustls::ClientConfig>, PathBuf)>,
 }
 
 impl Synapse {
@@ -1187,6 +1214,17 @@ impl Synapse {
     /// keys) into it, starts Synapse and waits until
     /// `/_matrix/client/versions` answers.
     pub fn start(overrides: &Value) -> Self {
+        Self::launch(overrides, None)
+    }
+
+    /// Like [`Synapse::start`], with its listener speaking TLS under `cert`
+    /// (a `localhost` certificate), so other servers can reach its
+    /// federation resource as the spec requires.
+    pub fn start_tls(overrides: &Value, cert: &TestCertificate) -> Self {
+        Self::launch(overrides, Some(cert))
+    }
+
+    fn launch(overrides: &Value, cert: Option<&TestCertificate>) -> Self {
         let python = synapse_python();
         let dir = tempfile::Builder::new()
             .prefix("hearth-synapse-")
@@ -1214,11 +1252,21 @@ impl Synapse {
                 "port": addr.port(),
                 "bind_addresses": ["127.0.0.1"],
                 "type": "http",
-                "tls": false,
+                "tls": cert.is_some(),
                 "x_forwarded": false,
                 "resources": [{"names": ["client", "federation"], "compress": false}],
             }],
         });
+        if let (Some(cert), Some(config)) = (cert, config.as_object_mut()) {
+            config.insert(
+                "tls_certificate_path".to_owned(),
+                cert.certificate.display().to_string().into(),
+            );
+            config.insert(
+                "tls_private_key_path".to_owned(),
+                cert.private_key.display().to_string().into(),
+            );
+        }
         if let (Some(config), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
             config.extend(extra.clone());
         }
@@ -1246,6 +1294,7 @@ impl Synapse {
             server_name,
             child,
             python,
+            tls: cert.map(|c| (c.client_config(), c.ca.clone())),
         };
         synapse.wait_ready();
         synapse
@@ -1286,13 +1335,26 @@ impl Synapse {
         self.addr
     }
 
-    /// Its plain-HTTP URL, for a federation override.
+    /// Its URL, for a federation override; under TLS, by the name its
+    /// certificate holds.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     pub fn client(&self) -> HttpClient {
-        HttpClient::plain(self.addr)
+        match &self.tls {
+            Some((tls, _)) => HttpClient::https(self.addr, "localhost", tls.clone()),
+            None => HttpClient::plain(self.addr),
+        }
+    }
+
+    /// Its signing key file, in the format `signedjson` reads.
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.path()
+            .join(format!("{}.signing.key", self.server_name))
     }
 
     /// `@<localpart>:<server name>`.
@@ -1316,6 +1378,9 @@ impl Synapse {
         ])
         .arg(self.url())
         .current_dir(self.path());
+        if let Some((_, ca)) = &self.tls {
+            cmd.env("REQUESTS_CA_BUNDLE", ca);
+        }
         let out = run(cmd, None);
         assert!(
             out.status.success(),

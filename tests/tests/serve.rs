@@ -164,10 +164,13 @@ fn postgres_migrate_twice_then_serve() {
     let Some(server) = postgres_url() else { return };
     let url = own_database(&server, "hearth_e2e");
     let site = Site::new().with_env("HEARTH_DATABASE__URL", &url);
-    for _ in 0..2 {
-        let out = site.run_ok(&["migrate"]);
-        assert!(out.stdout.contains("up to date"), "{out}");
+    // The first run names every migration it applied, the second none.
+    let out = site.run_ok(&["migrate"]);
+    for applied in ["core 1", "auth 1", "federation 1", "identity 1"] {
+        assert!(out.stdout.contains(&format!("applied {applied}")), "{out}");
     }
+    let out = site.run_ok(&["migrate"]);
+    assert!(out.stdout.contains("up to date"), "{out}");
     let hearth = site.start(&["serve"]);
     assert_eq!(hearth.admin_get("/health").status, 200);
     assert!(hearth.log().contains("PostgreSQL"), "{}", hearth.log());
@@ -249,7 +252,7 @@ async fn https_listener_serves_keys_to_the_federation_client() {
             allow_private_addresses,
             ..FederationConfig::default()
         };
-        FederationClient::new(&config, Arc::new(SystemDns::new().unwrap()), None).unwrap()
+        FederationClient::new(&config, Arc::new(SystemDns::new(&[]).unwrap()), None).unwrap()
     };
 
     let (db, _dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
@@ -275,8 +278,8 @@ async fn https_listener_serves_keys_to_the_federation_client() {
 
 /// Design: "`hearth <service>` runs one alone". `hearth notary` publishes
 /// the keys; `hearth identity` does not mount the notary (404
-/// `M_UNRECOGNIZED`) yet stays healthy; `hearth turn` has no HTTP side, so it
-/// opens no public HTTP listener at all, while admin `/health` still works.
+/// `M_UNRECOGNIZED`) yet stays healthy; services not in this build, or a
+/// `serve` with nothing enabled, exit with a clear error.
 #[test]
 fn one_service_commands_mount_only_their_service() {
     let site = Site::new();
@@ -292,14 +295,17 @@ fn one_service_commands_mount_only_their_service() {
     assert_eq!(identity.admin_get("/health").status, 200);
     drop(identity);
 
-    let site = Site::new();
-    let turn = site.start(&["turn"]);
-    assert_eq!(turn.admin_get("/health").status, 200);
-    let public = std::net::TcpStream::connect(site.public_addr());
-    assert!(
-        public
-            .as_ref()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
-        "hearth turn listens on the public port: {public:?}"
-    );
+    // A service with no code in this build does not pretend: it refuses to
+    // run instead of serving 404s.
+    let out = Site::new().run(&["turn"]);
+    assert!(!out.status.success(), "{out}");
+    assert!(out.stderr.contains("not in this build"), "{out}");
+    // Nor does `serve` with every service turned off.
+    let out = Site::new()
+        .with_env("HEARTH_IDENTITY__ENABLED", "false")
+        .with_env("HEARTH_NOTARY__ENABLED", "false")
+        .with_env("HEARTH_INTEGRATIONS__ENABLED", "false")
+        .run(&["serve"]);
+    assert!(!out.status.success(), "{out}");
+    assert!(out.stderr.contains("no service is enabled"), "{out}");
 }

@@ -1,14 +1,18 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! Each peer the tests talk to (PostgreSQL, Python libraries such as
-//! `signedjson` and `aiosmtpd`, Synapse, Sydent) lives in its own module. A
+//! `signedjson` and `aiosmtpd`, Synapse, Sydent, Chromium) lives in its own
+//! module. A
 //! peer is set up before the test run, hands over the environment variables
 //! that point the tests at it, and stops what it started when dropped. The
 //! end-to-end suite (`tests/`, package `hearth-e2e`) also gets a freshly
 //! built `hearth` binary in `HEARTH_BIN`.
 
 mod bench;
+mod browser;
 mod coturn;
+mod debian;
+mod node;
 mod postgres;
 mod python;
 mod sydent;
@@ -63,6 +67,9 @@ const E2E_PACKAGE: &str = "hearth-e2e";
 const TURN_PACKAGE: &str = "hearth-turn";
 /// The variable the end-to-end harness reads to find the binary.
 const HEARTH_BIN_VAR: &str = "HEARTH_BIN";
+/// dnsmasq from Debian's dnsmasq-base, and the variable naming it.
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+const DNSMASQ_VAR: &str = "HEARTH_TEST_DNSMASQ";
 
 /// `cargo xtask test`: peers up, tests, peers down, the runner's exit code.
 fn test(args: &[String]) -> Result<ExitCode> {
@@ -82,6 +89,14 @@ fn test(args: &[String]) -> Result<ExitCode> {
         env.push((synapse::PYTHON_VAR, synapse.interpreter().into()));
         let sydent = sydent::Sydent::setup(&root)?;
         env.push((sydent::PYTHON_VAR, sydent.python().into()));
+        // A real DNS server for server-name resolution (notary tests).
+        debian::ensure(Path::new(DNSMASQ), "dnsmasq-base")?;
+        env.push((DNSMASQ_VAR, DNSMASQ.into()));
+        let browser = browser::Browser::setup(&root)?;
+        env.push((browser::CHROMIUM_VAR, browser.chromium().into()));
+        env.push((browser::PLAYWRIGHT_VAR, browser.node_modules().into()));
+        // matrix-js-sdk for Element's calls (tests/js).
+        node::setup(&root)?;
         env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{is_root, output, run_visible};
+use crate::{is_root, output};
 
 /// The variable the tests read; set it to use a server of your own instead.
 pub(crate) const URL_VAR: &str = "HEARTH_TEST_POSTGRES";
@@ -376,20 +376,8 @@ fn install(as_root: bool) -> Result<PathBuf> {
              or set {URL_VAR} to a server of your own"
         );
     }
-    eprintln!("xtask: PostgreSQL not found, installing it with apt-get");
-    let apt = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    run_visible(apt().args(["-q", "update"]))?;
-    run_visible(apt().args([
-        "-q",
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "postgresql",
-    ]))?;
+    eprintln!("xtask: PostgreSQL not found");
+    crate::debian::install("postgresql")?;
     find_bin_dir().with_context(|| format!("apt-get installed no server into {INSTALL_ROOT}"))
 }
 

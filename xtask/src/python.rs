@@ -153,20 +153,8 @@ pub(crate) fn ensure_venv_module() -> Result<()> {
              or set {PYTHON_VAR} to a Python that can import signedjson and aiosmtpd"
         );
     }
-    eprintln!("xtask: Python's venv module not found, installing it with apt-get");
-    let apt = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    run_visible(apt().args(["-q", "update"]))?;
-    run_visible(apt().args([
-        "-q",
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "python3-venv",
-    ]))?;
+    eprintln!("xtask: Python's venv module not found");
+    crate::debian::install("python3-venv")?;
     if !has_venv() {
         bail!("apt-get installed python3-venv, but {BASE_PYTHON} still has no venv module");
     }

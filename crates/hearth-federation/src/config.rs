@@ -3,6 +3,7 @@
 use hearth_core::config::{ByteSize, Duration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 pub struct FederationConfig {
     /// Extra PEM CA certificates trusted beside the system roots.
     pub ca_file: Option<PathBuf>,
+    /// Name servers (`ip:port`) to resolve with instead of the system's.
+    pub dns_servers: Vec<SocketAddr>,
     /// Dial private, loopback and link-local addresses found through DNS.
     pub allow_private_addresses: bool,
     pub connect_timeout: Duration,
@@ -23,6 +26,7 @@ impl Default for FederationConfig {
     fn default() -> Self {
         Self {
             ca_file: None,
+            dns_servers: Vec::new(),
             allow_private_addresses: false,
             connect_timeout: Duration::secs(5),
             request_timeout: Duration::secs(10),

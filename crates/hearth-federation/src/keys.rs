@@ -70,6 +70,16 @@ pub enum KeyFetchError {
     Invalid { server: String, reason: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("fetching keys from {0} failed recently; not retrying yet")]
+    BackingOff(String),
+}
+
+impl KeyFetchError {
+    /// The origin could not be reached (as opposed to answering with keys
+    /// that do not verify): the case for asking an upstream notary.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Federation(_) | Self::BackingOff(_))
+    }
 }
 
 /// Parses a Server Keys object and checks it is signed by `expected` with
@@ -142,18 +152,47 @@ pub fn verify_server_keys(
     })
 }
 
-/// After a failed fetch, or a refetch for an unknown key id, the same server
-/// is not asked again for this long: random key ids in forged requests must
-/// not turn into a fetch each.
+/// After a refetch for an unknown key id, the same server is not asked
+/// again for this long: random key ids in forged requests must not turn
+/// into a fetch each. It is also the first backoff after a failed fetch.
 const REFETCH_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Backoff after failures doubles from [`REFETCH_BACKOFF`] up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Consecutive failed fetches from one server, and when the last one was.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    fn backoff(self) -> Duration {
+        let doublings = self.count.saturating_sub(1).min(16);
+        REFETCH_BACKOFF
+            .saturating_mul(1 << doublings)
+            .min(MAX_BACKOFF)
+    }
+}
 
 #[derive(Debug)]
 struct Cache {
     keys: LruCache<ServerName, Arc<ServerKeys>>,
-    /// When a fetch for this server last failed.
-    failed: LruCache<ServerName, Instant>,
+    failed: LruCache<ServerName, Failures>,
     /// When this server was last refetched because a key id was unknown.
     refetched: LruCache<ServerName, Instant>,
+    /// One gate per server being fetched, so concurrent callers share one
+    /// fetch (entries go when the fetch ends).
+    in_flight: std::collections::HashMap<ServerName, Arc<Gate>>,
+}
+
+/// Callers queue at the gate; `fetches` tells a caller whether a fetch
+/// finished while it waited, whose result it then takes.
+#[derive(Debug, Default)]
+struct Gate {
+    turn: tokio::sync::Mutex<()>,
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 /// Fetches, verifies and keeps other servers' keys. Cheap to clone.
@@ -174,8 +213,14 @@ impl KeyStore {
                 keys: LruCache::new(size),
                 failed: LruCache::new(size),
                 refetched: LruCache::new(size),
+                in_flight: std::collections::HashMap::new(),
             })),
         }
+    }
+
+    /// The client the keys are fetched with.
+    pub fn client(&self) -> &FederationClient {
+        &self.client
     }
 
     /// `server`'s keys, usable until at least `minimum_valid_until_ts`:
@@ -190,17 +235,7 @@ impl KeyStore {
             server: server.to_string(),
             reason: format!("its keys are valid only until {}", keys.usable_until()),
         };
-        let mut known = self.cache().keys.get(server).cloned();
-        if known
-            .as_ref()
-            .is_none_or(|k| k.usable_until() < minimum_valid_until_ts)
-            && let Some(stored) = self.load(server).await?
-        {
-            let stored = Arc::new(stored);
-            self.cache().keys.put(server.clone(), stored.clone());
-            known = Some(stored);
-        }
-        if let Some(keys) = known {
+        if let Some(keys) = self.known(server, minimum_valid_until_ts).await? {
             if keys.usable_until() >= minimum_valid_until_ts {
                 return Ok(keys);
             }
@@ -210,11 +245,66 @@ impl KeyStore {
                 return Err(too_short(&keys));
             }
         }
-        let keys = self.fetch(server).await?;
+        let keys = self.fetch_origin(server).await?;
         if keys.usable_until() < minimum_valid_until_ts {
             return Err(too_short(&keys));
         }
         Ok(keys)
+    }
+
+    /// The keys known for `server` without asking anyone: from memory,
+    /// else from the database (another instance may have fetched them).
+    /// They may be expired.
+    pub async fn cached(
+        &self,
+        server: &ServerName,
+    ) -> Result<Option<Arc<ServerKeys>>, KeyFetchError> {
+        if let Some(keys) = self.cache().keys.get(server).cloned() {
+            return Ok(Some(keys));
+        }
+        Ok(self.load(server).await?.map(|keys| self.remember(keys)))
+    }
+
+    /// Like [`KeyStore::cached`], but when memory holds keys too short-lived
+    /// for `minimum_valid_until_ts`, the database is asked for newer ones
+    /// another instance may have fetched.
+    async fn known(
+        &self,
+        server: &ServerName,
+        minimum_valid_until_ts: i64,
+    ) -> Result<Option<Arc<ServerKeys>>, KeyFetchError> {
+        let Some(keys) = self.cached(server).await? else {
+            return Ok(None);
+        };
+        if keys.usable_until() >= minimum_valid_until_ts {
+            return Ok(Some(keys));
+        }
+        Ok(match self.load(server).await? {
+            Some(stored) if stored.fetched_ts > keys.fetched_ts => Some(self.remember(stored)),
+            _ => Some(keys),
+        })
+    }
+
+    /// Keeps keys verified by other means (an upstream notary's answer,
+    /// whose origin signature was checked) as if fetched from the origin.
+    pub async fn insert(&self, keys: ServerKeys) -> Result<Arc<ServerKeys>, KeyFetchError> {
+        self.store(&keys).await?;
+        Ok(self.remember(keys))
+    }
+
+    fn remember(&self, keys: ServerKeys) -> Arc<ServerKeys> {
+        let keys = Arc::new(keys);
+        let mut cache = self.cache();
+        let newer = cache
+            .keys
+            .peek(&keys.server_name)
+            .is_none_or(|known| known.fetched_ts <= keys.fetched_ts);
+        if newer {
+            cache.keys.put(keys.server_name.clone(), keys.clone());
+            keys
+        } else {
+            cache.keys.get(&keys.server_name).cloned().unwrap_or(keys)
+        }
     }
 
     /// The stored response for `server`, checked again: the database is
@@ -286,7 +376,7 @@ impl KeyStore {
             .is_some_and(|t| t.elapsed() < REFETCH_BACKOFF);
         if !recently {
             self.cache().refetched.put(server.clone(), Instant::now());
-            let keys = self.fetch(server).await.map_err(|e| e.to_string())?;
+            let keys = self.fetch_origin(server).await.map_err(|e| e.to_string())?;
             if let Some(key) = keys.verify_keys.get(key_id)
                 && keys.usable_until() >= now_ms()
             {
@@ -296,14 +386,48 @@ impl KeyStore {
         Err(format!("{server} has no current key {key_id}"))
     }
 
-    async fn fetch(&self, server: &ServerName) -> Result<Arc<ServerKeys>, KeyFetchError> {
-        if let Some(at) = self.cache().failed.get(server)
-            && at.elapsed() < REFETCH_BACKOFF
+    /// Fetches `server`'s keys from the server itself, verifies and keeps
+    /// them. Concurrent calls for one server share one fetch; after
+    /// failures the server is left alone for a doubling backoff.
+    pub async fn fetch_origin(
+        &self,
+        server: &ServerName,
+    ) -> Result<Arc<ServerKeys>, KeyFetchError> {
+        use std::sync::atomic::Ordering;
+        let gate = self
+            .cache()
+            .in_flight
+            .entry(server.clone())
+            .or_default()
+            .clone();
+        let seen = gate.fetches.load(Ordering::SeqCst);
+        let result = {
+            let _turn = gate.turn.lock().await;
+            if gate.fetches.load(Ordering::SeqCst) == seen {
+                let result = self.fetch_once(server).await;
+                gate.fetches.fetch_add(1, Ordering::SeqCst);
+                result
+            } else {
+                // Fetched while this caller waited: that answer is ours.
+                match self.cache().keys.get(server) {
+                    Some(keys) => Ok(keys.clone()),
+                    None => Err(KeyFetchError::BackingOff(server.to_string())),
+                }
+            }
+        };
+        let mut cache = self.cache();
+        // Ours and the map's: nobody else is waiting at this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            cache.in_flight.remove(server);
+        }
+        result
+    }
+
+    async fn fetch_once(&self, server: &ServerName) -> Result<Arc<ServerKeys>, KeyFetchError> {
+        if let Some(failures) = self.cache().failed.get(server).copied()
+            && failures.last.elapsed() < failures.backoff()
         {
-            return Err(KeyFetchError::Invalid {
-                server: server.to_string(),
-                reason: "a fetch failed moments ago; not retrying yet".to_owned(),
-            });
+            return Err(KeyFetchError::BackingOff(server.to_string()));
         }
         let fetched_ts = now_ms();
         let result = match self.client.get_json(server, "/_matrix/key/v2/server").await {
@@ -313,14 +437,19 @@ impl KeyStore {
         match result {
             Ok(keys) => {
                 self.store(&keys).await?;
-                let keys = Arc::new(keys);
-                let mut cache = self.cache();
-                cache.failed.pop(server);
-                cache.keys.put(server.clone(), keys.clone());
-                Ok(keys)
+                self.cache().failed.pop(server);
+                Ok(self.remember(keys))
             }
             Err(e) => {
-                self.cache().failed.put(server.clone(), Instant::now());
+                let mut cache = self.cache();
+                let count = cache.failed.peek(server).map_or(0, |f| f.count) + 1;
+                cache.failed.put(
+                    server.clone(),
+                    Failures {
+                        count,
+                        last: Instant::now(),
+                    },
+                );
                 Err(e)
             }
         }

@@ -15,147 +15,25 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream;
 use hearth_core::config::{ByteSize, Duration as ConfigDuration};
-use hearth_core::http::{Listener, TlsFiles, load_tls, serve};
 use hearth_core::ids::ServerName;
-use hearth_core::keys::{KeyVersion, SigningKey};
-use hearth_core::signed_json::sign_json;
 use hearth_core::time::now_ms;
 use hearth_federation::client::Origin;
 use hearth_federation::config::ServerOverride;
-use hearth_federation::connect::{ConnectError, Dns, SrvTarget};
+use hearth_federation::connect::ConnectError;
 use hearth_federation::keys::KeyFetchError;
 use hearth_federation::xmatrix::{Destination, XMatrixError, sign_request};
-use hearth_federation::{BoxFuture, FederationClient, FederationConfig, FederationError, KeyStore};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use hearth_federation::{FederationClient, FederationConfig, FederationError, KeyStore};
 use serde_json::{Value, json};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use hearth_testkit::federation::*;
 
 // ---------------------------------------------------------------------------
-// Helpers: CA, servers, DNS, clients.
-
-/// A throwaway CA; its certificate is `ca.pem` in a temporary directory.
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-impl TestCa {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Hearth test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            issuer: Issuer::new(params, key),
-            dir,
-        }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A TLS listener on `tcp` whose leaf certificate, signed by this CA,
-    /// is valid for `cert_name` only (a DNS name or an IP address).
-    fn listener(&self, tcp: TcpListener, cert_name: &str) -> Listener {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![cert_name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        let files = TlsFiles {
-            certificate: self.dir.path().join(format!("{cert_name}.crt")),
-            private_key: self.dir.path().join(format!("{cert_name}.key")),
-        };
-        std::fs::write(&files.certificate, cert.pem()).unwrap();
-        std::fs::write(&files.private_key, key.serialize_pem()).unwrap();
-        Listener {
-            tcp,
-            tls: Some(load_tls(&files).unwrap()),
-        }
-    }
-}
-
-/// A listening socket on 127.0.0.1 and its port, for servers that must know
-/// their own server name before they start.
-async fn bind() -> (TcpListener, u16) {
-    let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let port = tcp.local_addr().unwrap().port();
-    (tcp, port)
-}
-
-fn spawn(listener: Listener, router: Router) {
-    tokio::spawn(serve(listener, router, std::future::pending::<()>()));
-}
-
-/// Serves `router` over TLS with a certificate for `cert_name`; the port.
-async fn tls_server(ca: &TestCa, cert_name: &str, router: Router) -> u16 {
-    let (tcp, port) = bind().await;
-    spawn(ca.listener(tcp, cert_name), router);
-    port
-}
-
-/// Serves `router` over plain HTTP; the port.
-async fn plain_server(router: Router) -> u16 {
-    let (tcp, port) = bind().await;
-    spawn(Listener { tcp, tls: None }, router);
-    port
-}
-
-/// Maps every known name to 127.0.0.1, has no SRV records, and remembers
-/// which names were looked up.
-#[derive(Default)]
-struct FakeDns {
-    hosts: Vec<String>,
-    asked: Mutex<Vec<String>>,
-}
-
-fn fake_dns(hosts: &[&str]) -> Arc<FakeDns> {
-    Arc::new(FakeDns {
-        hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-        asked: Mutex::default(),
-    })
-}
-
-impl FakeDns {
-    fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap().clone()
-    }
-}
-
-impl Dns for FakeDns {
-    fn srv(&self, name: &str) -> BoxFuture<'_, io::Result<Vec<SrvTarget>>> {
-        self.asked.lock().unwrap().push(format!("SRV {name}"));
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn ip(&self, host: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
-        self.asked.lock().unwrap().push(host.to_owned());
-        let known = self.hosts.iter().any(|h| h == host);
-        Box::pin(async move {
-            if known {
-                Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            } else {
-                Err(io::Error::new(io::ErrorKind::NotFound, "NXDOMAIN"))
-            }
-        })
-    }
-}
+// Helpers: clients (the CA, servers and DNS are `hearth_testkit::federation`).
 
 fn config(ca: Option<&TestCa>, allow_private_addresses: bool) -> FederationConfig {
     FederationConfig {
@@ -163,14 +41,6 @@ fn config(ca: Option<&TestCa>, allow_private_addresses: bool) -> FederationConfi
         allow_private_addresses,
         ..FederationConfig::default()
     }
-}
-
-fn name(s: &str) -> ServerName {
-    ServerName::parse(s).unwrap()
-}
-
-fn signing_key(version: &str, seed: u8) -> SigningKey {
-    SigningKey::from_seed(KeyVersion::parse(version).unwrap(), [seed; 32])
 }
 
 fn client_as(
@@ -249,6 +119,42 @@ async fn explicit_port_sends_host_with_port_over_verified_tls() {
     );
     // An explicit port means no SRV lookup, only the address of the host.
     assert_eq!(dns.asked(), vec!["hs.test".to_owned()]);
+}
+
+/// Requests to one destination reuse an idle connection: one TCP and TLS
+/// handshake for many requests.
+#[tokio::test]
+async fn connections_to_one_destination_are_reused() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let ca = TestCa::new();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let router = Router::new().route(
+        "/peer",
+        get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(peer);
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let port = tls_server(&ca, "hs.test", router).await;
+    let client = client(&config(Some(&ca), true), &fake_dns(&["hs.test"]));
+    let server = name(&format!("hs.test:{port}"));
+    for _ in 0..5 {
+        client.get_json(&server, "/peer").await.unwrap();
+        // Give the connection a moment to be ready again, as between
+        // real requests.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers = peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 5);
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one connection served every request: {peers:?}"
+    );
 }
 
 /// Server-Server API, "TLS": the certificate must be valid for the server's
@@ -609,76 +515,6 @@ async fn error_statuses_carry_the_matrix_error_body() {
 
 // ---------------------------------------------------------------------------
 // Server keys and X-Matrix.
-
-/// A Server Keys object for `server` listing `listed`, signed by `signer`.
-fn keys_object(
-    server: &str,
-    listed: &SigningKey,
-    signer: &SigningKey,
-    valid_until_ts: i64,
-) -> Value {
-    let mut keys = json!({
-        "server_name": server,
-        "verify_keys": { listed.key_id(): { "key": listed.public_key_base64() } },
-        "old_verify_keys": {},
-        "valid_until_ts": valid_until_ts,
-    });
-    sign_json(&mut keys, server, signer).unwrap();
-    keys
-}
-
-fn an_hour_from_now() -> i64 {
-    now_ms() + 3_600_000
-}
-
-/// Serves `/_matrix/key/v2/server` with whatever object is published,
-/// counting fetches.
-#[derive(Clone, Default)]
-struct KeyServer {
-    published: Arc<Mutex<Value>>,
-    fetches: Arc<AtomicUsize>,
-}
-
-impl KeyServer {
-    fn router(&self) -> Router {
-        async fn server_keys(State(s): State<KeyServer>) -> axum::Json<Value> {
-            s.fetches.fetch_add(1, Ordering::SeqCst);
-            axum::Json(s.published.lock().unwrap().clone())
-        }
-        Router::new()
-            .route("/_matrix/key/v2/server", get(server_keys))
-            .with_state(self.clone())
-    }
-
-    fn publish(&self, keys: Value) {
-        *self.published.lock().unwrap() = keys;
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
-}
-
-/// Starts a key server for `<host>:<port>` over TLS, publishing keys listing
-/// `listed` signed by `signer`; its server name and handle.
-async fn key_server(
-    ca: &TestCa,
-    host: &str,
-    listed: &SigningKey,
-    signer: &SigningKey,
-) -> (ServerName, KeyServer) {
-    let (tcp, port) = bind().await;
-    let server = name(&format!("{host}:{port}"));
-    let keys = KeyServer::default();
-    keys.publish(keys_object(
-        server.as_str(),
-        listed,
-        signer,
-        an_hour_from_now(),
-    ));
-    spawn(ca.listener(tcp, host), keys.router());
-    (server, keys)
-}
 
 /// A key store that reaches the test servers, on a fresh SQLite database
 /// (kept for as long as the test runs).

@@ -39,15 +39,24 @@ async fn publishes_current_and_old_keys_self_signed() {
         expired_ts: 1_600_000_000_000,
     };
     let before = now_ms();
-    let body = get_keys(Notary {
-        server_name: name.clone(),
-        keys: KeyRing {
+    let (db, _dir) = hearth_core::storage::testing::sqlite(&hearth_federation::SCHEMA).await;
+    let client = hearth_federation::FederationClient::new(
+        &hearth_federation::FederationConfig::default(),
+        hearth_testkit::federation::fake_dns(&[]),
+        None,
+    )
+    .unwrap();
+    let notary = Notary::new(
+        name.clone(),
+        KeyRing {
             current: keys.clone(),
             old: vec![old.clone()],
         },
-        config: Config::default(),
-    })
-    .await;
+        Config::default(),
+        hearth_federation::KeyStore::new(client, db),
+    )
+    .unwrap();
+    let body = get_keys(notary).await;
 
     let verified = verify_server_keys(body.clone(), &name, now_ms()).unwrap();
     assert_eq!(verified.verify_keys.len(), 2);

@@ -17,6 +17,7 @@ mod cpu;
 mod data;
 mod hearth;
 mod load;
+mod notary;
 mod options;
 mod report;
 mod server;
@@ -98,28 +99,43 @@ pub(crate) fn bench(args: &[String]) -> Result<ExitCode> {
 fn run(root: &Path, out: &Path, options: &Options) -> Result<String> {
     let machine = Machine::probe();
     let bin = build_hearth(root)?;
-    let sydent = Sydent::install(root)?;
-    let bench = Bench::new(&machine, options)?;
-    let python = sydent.python();
-    let hearth = bench.hearth(&bin, python, &out.join("hearth"), options.associations)?;
-    let sydent_run = bench.sydent(&sydent, &out.join("sydent"), options.associations)?;
-    let large = match options.large {
-        0 => None,
-        n => Some(bench.hearth(&bin, python, &out.join("hearth-large"), n)?),
-    };
-    let report = Report {
-        date: utc_now(),
-        options,
-        machine: &machine,
-        versions: Versions {
-            hearth: format!("{}{}", hearth.server, provenance(root)),
-            sydent: sydent.description()?,
-        },
-        hearth: &hearth,
-        sydent: &sydent_run,
-        large: large.as_ref(),
-    };
-    Ok(report.render())
+    let mut rendered = String::new();
+    if options.runs("lookups") {
+        let sydent = Sydent::install(root)?;
+        let bench = Bench::new(&machine, options)?;
+        let python = sydent.python();
+        let hearth = bench.hearth(&bin, python, &out.join("hearth"), options.associations)?;
+        let sydent_run = bench.sydent(&sydent, &out.join("sydent"), options.associations)?;
+        let large = match options.large {
+            0 => None,
+            n => Some(bench.hearth(&bin, python, &out.join("hearth-large"), n)?),
+        };
+        let report = Report {
+            date: utc_now(),
+            options,
+            machine: &machine,
+            versions: Versions {
+                hearth: format!("{}{}", hearth.server, provenance(root)),
+                sydent: sydent.description()?,
+            },
+            hearth: &hearth,
+            sydent: &sydent_run,
+            large: large.as_ref(),
+        };
+        rendered.push_str(&report.render());
+    }
+    if options.runs("notary") {
+        let synapse = crate::synapse::Synapse::setup(root)?;
+        let notary = notary::run(
+            &bin,
+            synapse.interpreter(),
+            &out.join("notary"),
+            options.duration,
+            machine.cpus,
+        )?;
+        notary.render(&mut rendered);
+    }
+    Ok(rendered)
 }
 
 /// The load generator shares the machine's cores with the server it loads.

@@ -23,9 +23,14 @@ options:
   --concurrency N    connections, each with one request in flight (default 4)
   --warmup SECS      unmeasured load before each measurement (default 2)
   --duration SECS    measured time per server (default 20)
+  --only SECTION     run one section: lookups (against Sydent) or notary
+                     (cached key queries against Synapse)
   -h, --help         show this message
 
 HEARTH_BIN=path    measure that binary instead of building one";
+
+/// The sections a run can be limited to.
+const SECTIONS: &[&str] = &["lookups", "notary"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Options {
@@ -36,6 +41,8 @@ pub(crate) struct Options {
     pub(crate) warmup: Duration,
     pub(crate) duration: Duration,
     pub(crate) quick: bool,
+    /// One section alone, or every section.
+    pub(crate) only: Option<String>,
 }
 
 impl Options {
@@ -49,6 +56,7 @@ impl Options {
             warmup: Duration::from_secs(2),
             duration: Duration::from_secs(20),
             quick: false,
+            only: None,
         }
     }
 
@@ -91,6 +99,7 @@ impl Options {
                 "--concurrency" => options.concurrency = number(flag, value()?)?,
                 "--warmup" => options.warmup = seconds(flag, value()?)?,
                 "--duration" => options.duration = seconds(flag, value()?)?,
+                "--only" => options.only = Some(value()?.to_owned()),
                 other => bail!("unknown option {other:?}\n\n{USAGE}"),
             }
         }
@@ -98,7 +107,17 @@ impl Options {
         Ok(Some(options))
     }
 
+    /// Whether `section` is part of this run.
+    pub(crate) fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == section)
+    }
+
     fn validate(&self) -> Result<()> {
+        if let Some(only) = &self.only
+            && !SECTIONS.contains(&only.as_str())
+        {
+            bail!("--only takes one of {SECTIONS:?}, not {only:?}");
+        }
         if self.associations == 0 || self.batch < 2 || self.concurrency == 0 {
             bail!("--associations and --concurrency must be at least 1, --batch at least 2");
         }
