@@ -10,7 +10,9 @@
 
 mod bench;
 mod browser;
+mod coturn;
 mod debian;
+mod node;
 mod postgres;
 mod python;
 mod sydent;
@@ -33,6 +35,7 @@ commands:
                    `cargo nextest run` (or `cargo test`)
   bench [options]  measure Hearth's hashed lookups against Sydent's and
                    write target/bench/report.md; `bench --help` lists options
+  bench turn [...] Hearth's TURN relay against coturn; `bench turn --help`
   help             show this message";
 
 fn main() -> ExitCode {
@@ -60,6 +63,8 @@ fn main() -> ExitCode {
 
 /// The package holding the end-to-end suite, which needs the binary built.
 const E2E_PACKAGE: &str = "hearth-e2e";
+/// The package whose interop tests run coturn's client tools.
+const TURN_PACKAGE: &str = "hearth-turn";
 /// The variable the end-to-end harness reads to find the binary.
 const HEARTH_BIN_VAR: &str = "HEARTH_BIN";
 /// dnsmasq from Debian's dnsmasq-base, and the variable naming it.
@@ -73,6 +78,10 @@ fn test(args: &[String]) -> Result<ExitCode> {
     // Bound for the whole run: dropping it stops the server, on every path.
     let postgres = postgres::Postgres::setup(&root)?;
     let mut env: Vec<(&str, OsString)> = vec![(postgres::URL_VAR, postgres.url().into())];
+    if runs_package(args, TURN_PACKAGE) {
+        coturn::ensure()?;
+        env.push((coturn::TOOLS_VAR, "1".into()));
+    }
     if runs_package(args, E2E_PACKAGE) {
         let python = python::Python::setup(&root)?;
         env.push((python::PYTHON_VAR, python.interpreter().into()));
@@ -86,6 +95,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
         let browser = browser::Browser::setup(&root)?;
         env.push((browser::CHROMIUM_VAR, browser.chromium().into()));
         env.push((browser::PLAYWRIGHT_VAR, browser.node_modules().into()));
+        // matrix-js-sdk for Element's calls (tests/js).
+        node::setup(&root)?;
         env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;

@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use axum::body::Body;
 use common::{
     FakeKeyServer, HOMESERVER, Harness, SERVER_NAME, SmtpCapture, TestResponse, backends,
@@ -53,7 +55,7 @@ async fn env(db: Database, dir: Option<tempfile::TempDir>) -> Env {
         SigningKey::from_seed(KeyVersion::parse("other1").unwrap(), [2; 32]),
     )
     .await;
-    let smtp = SmtpCapture::start().await;
+    let smtp = SmtpCapture::start();
     let mut config = test_config();
     smtp.configure(&mut config);
     let h = Harness::start_with(
@@ -426,7 +428,7 @@ async fn xmatrix_for_the_public_base_url_host_unbinds() {
             SigningKey::from_seed(KeyVersion::parse("hs1").unwrap(), [1; 32]),
         )
         .await;
-        let smtp = SmtpCapture::start().await;
+        let smtp = SmtpCapture::start();
         let mut config = test_config();
         smtp.configure(&mut config);
         config.public_base_url = Some("https://identity.is.test".to_owned());
@@ -464,5 +466,43 @@ async fn xmatrix_for_the_public_base_url_host_unbinds() {
         let response = unbind(&h, &content, Some(&header)).await;
         assert_eq!(response.status, StatusCode::OK, "{}", response.text());
         assert_eq!(bound_to(&db, "alice@example.org").await, None);
+    }
+}
+
+/// Hardening (issue 10 item 3): `/3pid/unbind` takes no token, so what
+/// fetching the origin's keys runs into (DNS, the address guard, another
+/// server's status and body) must not come back to the caller: one generic
+/// 403 `M_FORBIDDEN`, whatever the cause, naming neither the host nor the
+/// failure.
+#[tokio::test]
+async fn key_fetch_failures_do_not_reach_the_caller() {
+    for (db, dir) in backends().await {
+        let env = env(db, dir).await;
+        let key = SigningKey::from_seed(KeyVersion::parse("k1").unwrap(), [9; 32]);
+        let mut answers = Vec::new();
+        // No DNS for this origin; and one whose key server answers 404.
+        for origin in ["internal-db.corp.test", "other.test"] {
+            let content = json!({
+                "mxid": format!("@alice:{origin}"),
+                "threepid": {"medium": "email", "address": "a@example.org"},
+            });
+            let header = synapse_header(&key, origin, &content);
+            let response = unbind(&env.h, &content, Some(&header)).await;
+            assert_forbidden(&response);
+            let text = response.text();
+            for leak in [
+                "corp",
+                "DNS",
+                "dns",
+                "other.test",
+                "404",
+                "resolve",
+                "answered",
+            ] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            answers.push(response.json());
+        }
+        assert_eq!(answers[0], answers[1], "one generic error");
     }
 }
