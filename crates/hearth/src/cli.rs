@@ -2,9 +2,9 @@
 //! service alone on the shared listeners.
 
 use crate::config::{Config, EXAMPLE};
-use crate::{health, keys, serve};
+use crate::{audit, health, keys, serve, wiring};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hearth_core::ids::UserId;
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,6 +47,41 @@ enum Command {
     Keys(KeysCommand),
     /// Probe the admin listener's /health; exit 0 when healthy, 1 when not.
     Health,
+    /// Print the snippets that point a homeserver and its clients at this
+    /// Hearth: Synapse's homeserver.yaml, the homeserver's
+    /// /.well-known/matrix/client, Element's config.json.
+    HomeserverConfig {
+        /// Which snippet to print.
+        #[arg(value_enum, default_value = "all")]
+        target: wiring::Target,
+        /// The homeserver's client URL, for m.homeserver in the well-known
+        /// and Element snippets, e.g. https://matrix.example.org.
+        #[arg(long)]
+        homeserver_url: Option<String>,
+        /// The homeserver's server name, for Element's m.homeserver.
+        #[arg(long)]
+        homeserver_name: Option<String>,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// List third-party services that a Synapse or Element config depends
+    /// on, with the change that points each at Hearth. Exits 1 when any is
+    /// found, so it can run in CI.
+    #[command(arg_required_else_help = true)]
+    Audit {
+        /// Synapse's homeserver.yaml.
+        #[arg(long, value_name = "FILE")]
+        synapse: Option<PathBuf>,
+        /// Element Web's config.json.
+        #[arg(long, value_name = "FILE")]
+        element: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), for packages.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +185,47 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health => {
             let config = load(config_path.as_ref())?;
             return Ok(health::probe(&config).await);
+        }
+        Command::HomeserverConfig {
+            target,
+            homeserver_url,
+            homeserver_name,
+            output,
+        } => {
+            let config = load(config_path.as_ref())?;
+            let homeserver = homeserver_url.map(|base_url| wiring::Homeserver {
+                base_url,
+                server_name: homeserver_name,
+            });
+            let text = wiring::Wiring::from_config(&config, homeserver)?.render(target);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Audit { synapse, element } => {
+            let config = load(config_path.as_ref())?;
+            let clean = audit::run(
+                &config,
+                synapse.as_deref(),
+                element.as_deref(),
+                &mut std::io::stdout(),
+            )?;
+            return Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
         }
     };
     let config = load(config_path.as_ref()).context("loading the config")?;
