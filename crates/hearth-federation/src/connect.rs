@@ -103,7 +103,7 @@ impl Dns for SystemDns {
 
 /// Where to send one request: candidate endpoints in order, the TLS name the
 /// certificate must match, and the `Host` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
     pub endpoints: Vec<(String, u16)>,
     pub tls_name: String,
@@ -150,7 +150,20 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// Dials destinations. Cheap to clone.
+/// Idle connections kept per destination, for how long, and for how many
+/// destinations: reuse saves a TCP and TLS handshake on repeated requests
+/// (onbind callbacks, upstream notaries) without holding sockets for long.
+const IDLE_PER_DESTINATION: usize = 4;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+const IDLE_DESTINATIONS: usize = 256;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Connections that answered and may serve another request, by the exact
+/// destination they were dialled for (so the same guard decision holds).
+type Idle = std::sync::Mutex<lru::LruCache<Destination, Vec<(Sender, std::time::Instant)>>>;
+
+/// Dials destinations. Cheap to clone; clones share idle connections.
 #[derive(Clone)]
 pub struct Connector {
     dns: Arc<dyn Dns>,
@@ -159,6 +172,7 @@ pub struct Connector {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_response_size: usize,
+    idle: Arc<Idle>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -199,6 +213,9 @@ impl Connector {
             connect_timeout: settings.connect_timeout,
             request_timeout: settings.request_timeout,
             max_response_size: settings.max_response_size,
+            idle: Arc::new(std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(IDLE_DESTINATIONS).expect("not zero"),
+            ))),
         }
     }
 
@@ -224,14 +241,26 @@ impl Connector {
         destination: &Destination,
         mut request: Request<Full<Bytes>>,
     ) -> Result<Response, ConnectError> {
-        let stream = self.dial(destination).await?;
         request.headers_mut().insert(
             http::header::HOST,
             http::HeaderValue::from_str(&destination.host_header)
                 .map_err(|_| ConnectError::Http("invalid Host header".to_owned()))?,
         );
-        if destination.plain_http {
-            self.http1(stream, request).await
+        let http = |e: hyper::Error| ConnectError::Http(e.to_string());
+        // An idle connection first; a request it could not send (closed
+        // meanwhile) goes out on the next one, or on a new connection.
+        while let Some(mut sender) = self.take_idle(destination) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return self.read(destination, sender, response).await,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(http(e.into_error())),
+                },
+            }
+        }
+        let stream = self.dial(destination).await?;
+        let mut sender = if destination.plain_http {
+            self.handshake(stream).await?
         } else {
             let name = tls_name(&destination.tls_name)?;
             let tls = self
@@ -242,28 +271,35 @@ impl Connector {
                     name: destination.tls_name.clone(),
                     source,
                 })?;
-            self.http1(tls, request).await
-        }
+            self.handshake(tls).await?
+        };
+        let response = sender.send_request(request).await.map_err(http)?;
+        self.read(destination, sender, response).await
     }
 
-    async fn http1<S>(
-        &self,
-        stream: S,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response, ConnectError>
+    async fn handshake<S>(&self, stream: S) -> Result<Sender, ConnectError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let http = |e: hyper::Error| ConnectError::Http(e.to_string());
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(http)?;
+            .map_err(|e| ConnectError::Http(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "outbound connection closed with an error");
             }
         });
-        let response = sender.send_request(request).await.map_err(http)?;
+        Ok(sender)
+    }
+
+    /// Reads the whole body within the size limit; the connection is kept
+    /// for reuse once the answer was read whole.
+    async fn read(
+        &self,
+        destination: &Destination,
+        sender: Sender,
+        response: http::Response<hyper::body::Incoming>,
+    ) -> Result<Response, ConnectError> {
         let (parts, body) = response.into_parts();
         if parts
             .headers
@@ -284,11 +320,36 @@ impl Connector {
                 }
             })?
             .to_bytes();
+        self.put_idle(destination, sender);
         Ok(Response {
             status: parts.status,
             headers: parts.headers,
             body,
         })
+    }
+
+    /// An idle connection to `destination` still open and ready, if any.
+    fn take_idle(&self, destination: &Destination) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = idle.get_mut(destination)?;
+        while let Some((sender, since)) = senders.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, destination: &Destination, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let senders = idle.get_or_insert_mut(destination.clone(), Vec::new);
+        senders.retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && !s.is_closed());
+        if senders.len() < IDLE_PER_DESTINATION {
+            senders.push((sender, std::time::Instant::now()));
+        }
     }
 
     /// Connects to the first reachable address among the endpoints.

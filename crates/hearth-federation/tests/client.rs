@@ -121,6 +121,42 @@ async fn explicit_port_sends_host_with_port_over_verified_tls() {
     assert_eq!(dns.asked(), vec!["hs.test".to_owned()]);
 }
 
+/// Requests to one destination reuse an idle connection: one TCP and TLS
+/// handshake for many requests.
+#[tokio::test]
+async fn connections_to_one_destination_are_reused() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let ca = TestCa::new();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let router = Router::new().route(
+        "/peer",
+        get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(peer);
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let port = tls_server(&ca, "hs.test", router).await;
+    let client = client(&config(Some(&ca), true), &fake_dns(&["hs.test"]));
+    let server = name(&format!("hs.test:{port}"));
+    for _ in 0..5 {
+        client.get_json(&server, "/peer").await.unwrap();
+        // Give the connection a moment to be ready again, as between
+        // real requests.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers = peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 5);
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "one connection served every request: {peers:?}"
+    );
+}
+
 /// Server-Server API, "TLS": the certificate must be valid for the server's
 /// hostname; one for another name (same trusted CA) is refused.
 #[tokio::test]

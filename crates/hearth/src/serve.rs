@@ -324,3 +324,58 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// Issue "service contract": every service of this build, enabled and
+    /// built on one shared context in one process, merges into one public
+    /// app (axum panics on overlapping routes), and each serves its own
+    /// policy documents under its own namespace.
+    #[tokio::test]
+    async fn every_service_builds_on_one_context_without_colliding_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.html");
+        std::fs::write(&policy, "<p>Be kind.</p>").unwrap();
+        let mut toml = format!("data_dir = {:?}\n", dir.path().join("data"));
+        for service in services(&Config::default()) {
+            toml.push_str(&format!("[{}]\nenabled = true\n", service.name()));
+        }
+        toml.push_str(&format!(
+            "[identity.auth.terms.policies.rules]\nversion = \"1\"\n\
+             [identity.auth.terms.policies.rules.languages.en]\nname = \"Rules\"\nfile = {policy:?}\n"
+        ));
+        let file = dir.path().join("hearth.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+
+        let ctx = context(&config).await.unwrap();
+        let mut routes = Vec::new();
+        for service in services(&config) {
+            assert!(service.enabled(), "{}", service.name());
+            let parts = service.build(&ctx).await.unwrap();
+            routes.extend(parts.routes.map(|r| (r.router, r.policy)));
+        }
+        let app = public_app(routes, &config.http);
+        for (path, status) in [
+            ("/_hearth/terms/identity/rules/1/en", StatusCode::OK),
+            ("/_matrix/key/v2/server", StatusCode::OK),
+            ("/_matrix/identity/v2", StatusCode::OK),
+            ("/_hearth/terms/identity/rules/2/en", StatusCode::NOT_FOUND),
+        ] {
+            let response = app
+                .clone()
+                .oneshot(
+                    http::Request::get(path)
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{path}");
+        }
+        ctx.db.close().await;
+    }
+}
