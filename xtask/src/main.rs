@@ -97,12 +97,9 @@ fn test(args: &[String]) -> Result<ExitCode> {
 /// packages built from this binary, and Debian's compose CLI and
 /// systemd-analyze to validate docker-compose.yml and the unit.
 fn operator_peers(root: &Path, bin: &Path, env: &mut Vec<(&str, OsString)>) -> Result<()> {
-    let packages = dist::build(
-        root,
-        bin,
-        &target_dir(root).join("dist-test"),
-        dist::Compression::Fast,
-    )?;
+    let out = target_dir(root).join("dist-test");
+    eprintln!("xtask: packaging {} into {}", bin.display(), out.display());
+    let packages = dist::build(root, bin, &out, dist::Compression::Fast)?;
     env.push((dist::DEB_VAR, packages.deb.into()));
     env.push((dist::RPM_VAR, packages.rpm.into()));
     debian::ensure(Path::new(COMPOSE), "docker-compose")?;
