@@ -189,30 +189,35 @@ pub async fn run_refresh(state: NotaryState, shutdown: impl std::future::Future<
             _ = tick.tick() => {}
             () = &mut shutdown => return,
         }
-        let now = now_ms();
-        let window = state.config.refresh_window.as_millis_i64();
-        let recent: Vec<ServerName> = state
-            .memory()
-            .asked
-            .iter()
-            .filter(|(_, asked)| now - **asked < window)
-            .map(|(server, _)| server.clone())
-            .collect();
-        for server in recent {
-            // Due within the next round: refresh now.
-            let due = match state.store.cached(&server).await {
-                Ok(Some(keys)) => {
-                    query::refresh_at(&keys) <= now + REFRESH_EVERY.as_millis() as i64
-                }
-                Ok(None) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading cached keys failed");
-                    false
-                }
-            };
-            if due {
-                query::fetch(&state, &server, &[], now).await;
+        refresh_due(&state, now_ms()).await;
+    }
+}
+
+/// One round of the refresh task at time `now`: every server asked about
+/// within `refresh_window` whose entry passes half its life before the next
+/// round is fetched again. Returns how many were.
+pub async fn refresh_due(state: &NotaryState, now: i64) -> usize {
+    let window = state.config.refresh_window.as_millis_i64();
+    let recent: Vec<ServerName> = state
+        .memory()
+        .asked
+        .iter()
+        .filter(|(_, asked)| now - **asked < window)
+        .map(|(server, _)| server.clone())
+        .collect();
+    let mut refreshed = 0;
+    for server in recent {
+        let due = match state.store.cached(&server).await {
+            Ok(Some(keys)) => query::refresh_at(&keys) <= now + REFRESH_EVERY.as_millis() as i64,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading cached keys failed");
+                false
             }
+        };
+        if due && query::fetch(state, &server, &[], now).await.is_some() {
+            refreshed += 1;
         }
     }
+    refreshed
 }

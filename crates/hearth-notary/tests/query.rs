@@ -371,6 +371,30 @@ async fn unreachable_origins_back_off_and_stale_keys_are_served() {
     assert_eq!(never_server.fetches(), 1);
 }
 
+/// Servers asked about recently are fetched again before their entry passes
+/// half its life, so the homeserver's next query finds it fresh; servers
+/// nobody asked about within `refresh_window` are left alone.
+#[tokio::test]
+async fn recently_asked_servers_are_refreshed_ahead_of_expiry() {
+    let (_ca, _key, origin, server, h) = one_origin().await;
+    h.query(&origin, &["ed25519:k1"], None).await;
+    let now = now_ms();
+    assert_eq!(
+        hearth_notary::refresh_due(&h.notary, now).await,
+        0,
+        "not due yet"
+    );
+    assert_eq!(server.fetches(), 1);
+    // The origin's keys last an hour: past half an hour they are due.
+    let later = now + 40 * 60_000;
+    assert_eq!(hearth_notary::refresh_due(&h.notary, later).await, 1);
+    assert_eq!(server.fetches(), 2);
+    // Asked about more than `refresh_window` (an hour) ago: left alone.
+    let much_later = now + 2 * 3_600_000;
+    assert_eq!(hearth_notary::refresh_due(&h.notary, much_later).await, 0);
+    assert_eq!(server.fetches(), 2);
+}
+
 /// The cache is the database: a new notary on the same database (a restart,
 /// or another instance) answers without fetching.
 #[tokio::test]
