@@ -459,6 +459,30 @@ fn docker_compose_validates_and_wires_the_services() {
             .contains(&json!("/wiring/hearth.yaml"))
     );
 
+    // Volumes Hearth writes start out owned by the image's user, or a fresh
+    // named volume would be root's and unwritable.
+    let dockerfile = fs::read_to_string(workspace().join("deploy/Dockerfile")).unwrap();
+    for (name, service) in services.as_object().unwrap() {
+        if service["image"] != "hearth:local" {
+            continue;
+        }
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let parts: Vec<&str> = volume.as_str().unwrap().split(':').collect();
+            if parts.get(2) == Some(&"ro") {
+                continue;
+            }
+            let owned = format!(
+                "COPY --from=build --chown=65532:65532 /out{0} {0}\n",
+                parts[1]
+            );
+            assert!(
+                dockerfile.contains(&owned),
+                "{name}: {} is not made writable in the image",
+                parts[1]
+            );
+        }
+    }
+
     // Without the names, it refuses instead of running as "localhost".
     let out = compose_config(&names[1..]);
     assert!(!out.status.success());
