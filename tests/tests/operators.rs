@@ -490,6 +490,25 @@ fn docker_compose_validates_and_wires_the_services() {
         out.stderr.contains("set HEARTH_SERVER_NAME in .env"),
         "{out}"
     );
+    // env.example, copied to .env as the header says, sets them all.
+    let mut cmd = Command::new(given("HEARTH_TEST_COMPOSE"));
+    cmd.args([
+        "--env-file",
+        "env.example",
+        "--file",
+        "docker-compose.yml",
+        "config",
+    ])
+    .current_dir(workspace().join("deploy"))
+    .env_remove("HEARTH_SERVER_NAME")
+    .env_remove("SYNAPSE_SERVER_NAME")
+    .env_remove("HEARTH_TURN_HOST");
+    let out = run_ok(cmd);
+    let config = yaml(&out.stdout);
+    assert_eq!(
+        config["services"]["synapse"]["environment"]["SYNAPSE_SERVER_NAME"],
+        "example.org"
+    );
 }
 
 #[test]
