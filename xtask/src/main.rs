@@ -1,13 +1,15 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! Each peer the tests talk to (PostgreSQL, Python libraries such as
-//! `signedjson` and `aiosmtpd`, Synapse, Sydent) lives in its own module. A
+//! `signedjson` and `aiosmtpd`, Synapse, Sydent, Chromium) lives in its own
+//! module. A
 //! peer is set up before the test run, hands over the environment variables
 //! that point the tests at it, and stops what it started when dropped. The
 //! end-to-end suite (`tests/`, package `hearth-e2e`) also gets a freshly
 //! built `hearth` binary in `HEARTH_BIN`.
 
 mod bench;
+mod browser;
 mod debian;
 mod dist;
 mod postgres;
@@ -84,6 +86,9 @@ fn test(args: &[String]) -> Result<ExitCode> {
         // A real DNS server for server-name resolution (notary tests).
         debian::ensure(Path::new(DNSMASQ), "dnsmasq-base")?;
         env.push((DNSMASQ_VAR, DNSMASQ.into()));
+        let browser = browser::Browser::setup(&root)?;
+        env.push((browser::CHROMIUM_VAR, browser.chromium().into()));
+        env.push((browser::PLAYWRIGHT_VAR, browser.node_modules().into()));
         let bin = hearth_binary(&root, runner, args)?;
         operator_peers(&root, &bin, &mut env)?;
         env.push((HEARTH_BIN_VAR, bin.into()));

@@ -1,0 +1,308 @@
+//! Shared helpers for the integration manager's service tests: the service
+//! built with `hearth_integrations::build` on each test database, wrapped
+//! in the shared HTTP layers (`public_app`, so CORS and the Matrix fallbacks
+//! are what the binary serves), and driven in-process; a fake homeserver on
+//! 127.0.0.1 vouches for OpenID tokens of `hs.test`, and a page server
+//! serves pages for `title_lookup`. Nothing leaves the machine: DNS knows
+//! only `pages.test` (127.0.0.1), and `hs.test` is a federation override.
+
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Query;
+use axum::routing::get;
+use hearth_auth::{PolicyConfig, PolicyLanguage};
+use hearth_core::ids::ServerName;
+use hearth_core::keys::{KeyRing, SigningKey};
+use hearth_core::storage::{Database, testing};
+use hearth_federation::config::ServerOverride;
+use hearth_federation::{FederationClient, FederationConfig};
+use hearth_integrations::{Config, IntegrationsState, TitleLookupConfig};
+use hearth_service::Service;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use tower::ServiceExt;
+
+pub(crate) const SERVER_NAME: &str = "im.test";
+pub(crate) const PUBLIC_BASE_URL: &str = "https://im.test";
+pub(crate) const HOMESERVER: &str = "hs.test";
+/// A name the test DNS maps to 127.0.0.1, for page servers.
+pub(crate) const PAGES_HOST: &str = "pages.test";
+pub(crate) const TERMS_URL: &str = "https://im.test/terms/im-privacy-1-en.html";
+
+/// Every database backend of this run, fresh and migrated.
+pub(crate) async fn backends() -> Vec<(Database, Option<tempfile::TempDir>)> {
+    testing::all(&hearth_integrations::SCHEMA).await
+}
+
+/// One policy (`TERMS_URL`), the default catalog plus a Jitsi domain.
+pub(crate) fn test_config() -> Config {
+    let mut config = Config {
+        public_base_url: Some(PUBLIC_BASE_URL.to_owned()),
+        ..Config::default()
+    };
+    let mut languages = BTreeMap::new();
+    languages.insert(
+        "en".to_owned(),
+        PolicyLanguage {
+            name: "Integration manager privacy".to_owned(),
+            url: Some(TERMS_URL.to_owned()),
+            file: None,
+        },
+    );
+    config.auth.terms.policies.insert(
+        "privacy_policy".to_owned(),
+        PolicyConfig {
+            version: "1".to_owned(),
+            languages,
+        },
+    );
+    config.widgets.jitsi_domain = Some("meet.example.org".to_owned());
+    config
+}
+
+/// A homeserver answering `GET /_matrix/federation/v1/openid/userinfo
+/// ?access_token=<localpart>` with `{"sub": "@<localpart>:hs.test"}`;
+/// tokens starting with `bad` are refused with 401.
+pub(crate) async fn fake_homeserver() -> (String, tokio::task::JoinHandle<()>) {
+    async fn userinfo(
+        Query(query): Query<HashMap<String, String>>,
+    ) -> (StatusCode, axum::Json<Value>) {
+        match query.get("access_token") {
+            Some(token) if !token.starts_with("bad") => (
+                StatusCode::OK,
+                axum::Json(json!({ "sub": format!("@{token}:{HOMESERVER}") })),
+            ),
+            _ => (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token unknown"})),
+            ),
+        }
+    }
+    serve(Router::new().route("/_matrix/federation/v1/openid/userinfo", get(userinfo))).await
+}
+
+/// Serves `app` on a free loopback port: its base URL.
+pub(crate) async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+/// An answer from the router.
+#[derive(Debug)]
+pub(crate) struct TestResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl TestResponse {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// An HTML page's text, with the slashes minijinja escapes in
+    /// attribute values (`&#x2f;`) read back as a browser reads them.
+    pub(crate) fn page(&self) -> String {
+        self.text().replace("&#x2f;", "/")
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub(crate) fn errcode(&self) -> String {
+        self.json()["errcode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[track_caller]
+    pub(crate) fn assert_error(&self, status: StatusCode, errcode: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.errcode(), errcode, "{}", self.text());
+    }
+}
+
+/// The service on a test database with a fake homeserver.
+#[derive(Debug)]
+pub(crate) struct Harness {
+    pub(crate) state: IntegrationsState,
+    app: Router,
+    _homeserver: tokio::task::JoinHandle<()>,
+    _db_dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self._homeserver.abort();
+    }
+}
+
+impl Harness {
+    /// Built through the service contract (`Service::build` on the shared
+    /// context, then `public_app` with the policy it asks for), as the
+    /// binary does. Title lookups may reach loopback when `allow_private`
+    /// (so a local page server stands in for the web); otherwise the
+    /// guard applies.
+    pub(crate) async fn start(
+        db: Database,
+        db_dir: Option<tempfile::TempDir>,
+        config: Config,
+        allow_private: bool,
+    ) -> Self {
+        let (hs_url, homeserver) = fake_homeserver().await;
+        let mut federation = FederationConfig {
+            allow_private_addresses: allow_private,
+            ..FederationConfig::default()
+        };
+        federation
+            .overrides
+            .insert(HOMESERVER.to_owned(), ServerOverride { url: hs_url });
+        let dns = hearth_testkit::federation::fake_dns(&[PAGES_HOST]);
+        let federation = FederationClient::new(&federation, dns, None).unwrap();
+        let http = hearth_core::config::HttpConfig::default();
+        let ctx = hearth_service::Context::new(
+            ServerName::parse(SERVER_NAME).unwrap(),
+            KeyRing {
+                current: vec![SigningKey::generate()],
+                old: Vec::new(),
+            },
+            db,
+            federation,
+            http.clone(),
+            std::env::temp_dir(),
+            hearth_service::Shutdown::new().1,
+        );
+        let state = hearth_integrations::build(&config, &ctx)
+            .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
+        let parts = config
+            .build(&ctx)
+            .await
+            .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
+        let routes = parts.routes.expect("the integration manager serves HTTP");
+        let app = hearth_core::http::public_app([(routes.router, routes.policy)], &http);
+        Self {
+            state,
+            app,
+            _homeserver: homeserver,
+            _db_dir: db_dir,
+        }
+    }
+
+    /// A harness per backend with [`test_config`].
+    pub(crate) async fn all() -> Vec<Self> {
+        let mut harnesses = Vec::new();
+        for (db, dir) in backends().await {
+            harnesses.push(Self::start(db, dir, test_config(), false).await);
+        }
+        harnesses
+    }
+
+    /// One request; `token` goes in `Authorization: Bearer`.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> TestResponse {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(body.unwrap_or_else(Body::empty)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> TestResponse {
+        self.request(Method::GET, uri, None, None).await
+    }
+
+    pub(crate) async fn post(&self, uri: &str, token: Option<&str>, body: Value) -> TestResponse {
+        self.request(
+            Method::POST,
+            uri,
+            token,
+            Some(Body::from(serde_json::to_vec(&body).unwrap())),
+        )
+        .await
+    }
+
+    /// `POST /api/register?v=1.1` as `@<localpart>:hs.test`, as Element
+    /// does it: the `scalar_token`.
+    pub(crate) async fn register(&self, localpart: &str) -> String {
+        let response = self
+            .post("/api/register?v=1.1", None, openid(localpart))
+            .await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        response.json()["scalar_token"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /_matrix/integrations/v1/terms` accepting the one policy, as
+    /// matrix-js-sdk's `agreeToTerms` sends it.
+    pub(crate) async fn accept_terms(&self, token: &str) {
+        let response = self
+            .post(
+                "/_matrix/integrations/v1/terms",
+                Some(token),
+                json!({ "user_accepts": [TERMS_URL] }),
+            )
+            .await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        assert_eq!(response.json(), json!({}));
+    }
+
+    /// A registered user who accepted the terms: their token.
+    pub(crate) async fn user(&self, localpart: &str) -> String {
+        let token = self.register(localpart).await;
+        self.accept_terms(&token).await;
+        token
+    }
+}
+
+/// What `/openid/request_token` gives `@<localpart>:hs.test`.
+pub(crate) fn openid(localpart: &str) -> Value {
+    json!({
+        "access_token": localpart,
+        "token_type": "Bearer",
+        "matrix_server_name": HOMESERVER,
+        "expires_in": 3600,
+    })
+}
+
+/// Bounds for title lookups in tests: short, and small pages.
+pub(crate) fn small_lookups() -> TitleLookupConfig {
+    TitleLookupConfig {
+        timeout: hearth_core::config::Duration(std::time::Duration::from_secs(2)),
+        max_page_size: hearth_core::config::ByteSize(4096),
+    }
+}
