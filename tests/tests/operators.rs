@@ -587,9 +587,17 @@ fn named_site() -> Site {
     site
 }
 
+/// [`named_site`] with the integration manager's Jitsi domain.
+fn wired_site() -> Site {
+    named_site().with_env(
+        "HEARTH_INTEGRATIONS__WIDGETS__JITSI_DOMAIN",
+        "meet.example.org",
+    )
+}
+
 #[test]
 fn synapse_starts_on_the_homeserver_config_and_advertises_hearth() {
-    let site = named_site();
+    let site = wired_site();
     let snippet = site.run_ok(&["homeserver-config", "synapse"]).stdout;
     let wiring = yaml(&snippet);
     // The verify key is the one Hearth signs with.
@@ -618,6 +626,11 @@ fn synapse_starts_on_the_homeserver_config_and_advertises_hearth() {
         well_known.json()["m.identity_server"]["base_url"],
         "https://hearth.example.org"
     );
+    assert_eq!(
+        well_known.json()["m.integrations"],
+        json!({"managers": [{"api_url": "https://hearth.example.org/api",
+                             "ui_url": "https://hearth.example.org/element"}]})
+    );
 
     // The client snippets are JSON naming the same URLs.
     let args = [
@@ -632,15 +645,25 @@ fn synapse_starts_on_the_homeserver_config_and_advertises_hearth() {
     assert_eq!(
         wk,
         json!({"m.homeserver": {"base_url": "https://matrix.example.org"},
-               "m.identity_server": {"base_url": "https://hearth.example.org"}})
+               "m.identity_server": {"base_url": "https://hearth.example.org"},
+               "m.integrations": {"managers": [{"api_url": "https://hearth.example.org/api",
+                                                "ui_url": "https://hearth.example.org/element"}]}})
     );
     let mut cmd = vec!["homeserver-config", "element"];
     cmd.extend(args);
     let element: Value = serde_json::from_str(&site.run_ok(&cmd).stdout).unwrap();
     assert_eq!(
-        element["default_server_config"],
-        json!({"m.homeserver": {"base_url": "https://matrix.example.org", "server_name": "example.org"},
-               "m.identity_server": {"base_url": "https://hearth.example.org"}})
+        element,
+        json!({
+            "default_server_config": {
+                "m.homeserver": {"base_url": "https://matrix.example.org", "server_name": "example.org"},
+                "m.identity_server": {"base_url": "https://hearth.example.org"}
+            },
+            "integrations_ui_url": "https://hearth.example.org/element",
+            "integrations_rest_url": "https://hearth.example.org/api",
+            "integrations_widgets_urls": ["https://hearth.example.org/api"],
+            "jitsi": {"preferred_domain": "meet.example.org"}
+        })
     );
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct Finding {
 pub(crate) struct Hints {
     pub server_name: String,
     pub identity_url: String,
+    /// The integration manager's base URL, when it is enabled.
+    pub integrations_url: Option<String>,
 }
 
 impl Hints {
@@ -53,9 +55,19 @@ impl Hints {
             .public_base_url
             .clone()
             .unwrap_or_else(|| format!("https://{server_name}"));
+        let integrations_url = config.integrations.enabled.then(|| {
+            config
+                .integrations
+                .public_base_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{server_name}"))
+                .trim_end_matches('/')
+                .to_owned()
+        });
         Self {
             server_name,
             identity_url: identity_url.trim_end_matches('/').to_owned(),
+            integrations_url,
         }
     }
 }
@@ -256,9 +268,18 @@ pub(crate) fn synapse(config: &Value, hints: &Hints) -> Vec<Finding> {
 /// The third-party dependencies in Element Web's `config.json`.
 pub(crate) fn element(config: &Value, hints: &Hints) -> Vec<Finding> {
     let mut found = Vec::new();
-    let im_fix = "use Hearth's integration manager (`hearth homeserver-config element` prints \
-                  integrations_ui_url, integrations_rest_url and integrations_widgets_urls), \
-                  or set both URLs to \"\" to turn integrations off";
+    let im_fix = match &hints.integrations_url {
+        Some(base) => format!(
+            "use Hearth's integration manager: integrations_ui_url {:?}, integrations_rest_url \
+             {:?} (`hearth homeserver-config element` prints every key), or set both URLs to \
+             \"\" to turn integrations off",
+            format!("{base}/element"),
+            format!("{base}/api")
+        ),
+        None => "set integrations_ui_url and integrations_rest_url to \"\" to turn \
+                 integrations off, or enable Hearth's [integrations]"
+            .to_owned(),
+    };
     for key in ["integrations_ui_url", "integrations_rest_url"] {
         // Element's built-in defaults apply only to a key left out.
         if config.get(key).is_none() {
@@ -268,7 +289,7 @@ pub(crate) fn element(config: &Value, hints: &Hints) -> Vec<Finding> {
                 "absent, so Element silently uses scalar.vector.im, Element's hosted \
                  integration manager, which then learns your users' Matrix IDs and rooms"
                     .into(),
-                im_fix.into(),
+                im_fix.clone(),
             ));
         }
     }
@@ -303,7 +324,7 @@ pub(crate) fn element(config: &Value, hints: &Hints) -> Vec<Finding> {
                 format!(
                     "{value:?} is an integration manager run by {who}: it learns your users' Matrix IDs and rooms"
                 ),
-                im_fix.into(),
+                im_fix.clone(),
             )
         } else if key.starts_with("jitsi") {
             (
@@ -390,6 +411,7 @@ mod tests {
         Hints {
             server_name: "hearth.example.org".into(),
             identity_url: "https://hearth.example.org".into(),
+            integrations_url: Some("https://hearth.example.org".into()),
         }
     }
 
@@ -498,6 +520,13 @@ mod tests {
                 "integrations_widgets_urls[0]",
                 "jitsi.preferred_domain"
             ]
+        );
+        assert!(
+            found[1]
+                .fix
+                .contains("\"https://hearth.example.org/element\""),
+            "{:?}",
+            found[1]
         );
         // Empty URLs turn integrations off: not a dependency.
         let off = element(

@@ -49,7 +49,9 @@ enum Command {
     Health,
     /// Print the snippets that point a homeserver and its clients at this
     /// Hearth: Synapse's homeserver.yaml, the homeserver's
-    /// /.well-known/matrix/client, Element's config.json.
+    /// /.well-known/matrix/client, Element's config.json, LiveKit's TURN
+    /// servers. Secrets are printed only where the snippet needs them
+    /// (an inline TURN secret for Synapse, credentials for LiveKit), marked.
     HomeserverConfig {
         /// Which snippet to print.
         #[arg(value_enum, default_value = "all")]
@@ -61,6 +63,9 @@ enum Command {
         /// The homeserver's server name, for Element's m.homeserver.
         #[arg(long)]
         homeserver_name: Option<String>,
+        /// How long the TURN credentials in the LiveKit snippet last.
+        #[arg(long, default_value_t = 90, value_name = "DAYS")]
+        livekit_days: u64,
         /// Write to FILE instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
@@ -190,6 +195,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             homeserver_url,
             homeserver_name,
+            livekit_days,
             output,
         } => {
             let config = load(config_path.as_ref())?;
@@ -197,7 +203,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 base_url,
                 server_name: homeserver_name,
             });
-            let text = wiring::Wiring::from_config(&config, homeserver)?.render(target);
+            let livekit = std::time::Duration::from_secs(livekit_days.saturating_mul(86_400));
+            let text = wiring::Wiring::from_config(&config, homeserver, livekit)?.render(target);
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,

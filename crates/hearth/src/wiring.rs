@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use hearth_core::keys::SigningKey;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Which snippet to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +21,9 @@ pub(crate) enum Target {
     WellKnown,
     /// Element Web's config.json (JSON).
     Element,
+    /// LiveKit's config.yaml `rtc.turn_servers`, for MatrixRTC (YAML; holds
+    /// TURN credentials).
+    Livekit,
 }
 
 /// What the snippets are made from, gathered once from the config.
@@ -31,6 +36,44 @@ pub(crate) struct Wiring {
     pub identity_url: Option<String>,
     /// The homeserver's client base URL and server name, when given.
     pub homeserver: Option<Homeserver>,
+    /// The TURN service, when enabled.
+    pub turn: Option<Turn>,
+    /// The integration manager, when enabled.
+    pub integrations: Option<Integrations>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Turn {
+    pub uris: Vec<String>,
+    pub secret: TurnSecret,
+    /// Synapse's `turn_user_lifetime`: how long the credentials it hands
+    /// out last.
+    pub lifetime: Duration,
+    /// Long-lived credentials for LiveKit, which hands them to every call
+    /// participant: (username, password, expiry as Unix seconds).
+    pub livekit: Option<(String, String, u64)>,
+}
+
+/// Where Synapse gets the TURN shared secret: the file Hearth reads it from
+/// (nothing secret printed), or the value itself.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "made from [turn] once the TURN service is on main"
+    )
+)]
+pub(crate) enum TurnSecret {
+    File(PathBuf),
+    Inline(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Integrations {
+    pub ui_url: String,
+    pub rest_url: String,
+    pub jitsi_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +88,7 @@ impl Wiring {
     pub(crate) fn from_config(
         config: &Config,
         homeserver: Option<Homeserver>,
+        livekit_lifetime: Duration,
     ) -> anyhow::Result<Self> {
         let notary = if config.notary.enabled {
             let path = config.signing_key_path();
@@ -74,10 +118,27 @@ impl Wiring {
                     .unwrap_or_else(|| default_base_url(config)),
             )
         });
+        let turn = turn_wiring(config, livekit_lifetime)?;
+        let integrations = config.integrations.enabled.then(|| {
+            let base = trim_slash(
+                config
+                    .integrations
+                    .public_base_url
+                    .clone()
+                    .unwrap_or_else(|| default_base_url(config)),
+            );
+            Integrations {
+                ui_url: format!("{base}/element"),
+                rest_url: format!("{base}/api"),
+                jitsi_domain: config.integrations.widgets.jitsi_domain.clone(),
+            }
+        });
         Ok(Self {
             notary,
             identity_url,
             homeserver,
+            turn,
+            integrations,
         })
     }
 
@@ -112,6 +173,81 @@ impl Wiring {
             );
             let _ = writeln!(out, "default_identity_server: {}", quote(url));
         }
+        if let Some(im) = &self.integrations {
+            out.push_str(
+                "\n# The integration manager, advertised as m.integrations in\n\
+                 # /.well-known/matrix/client (merge with extra content you already have).\n\
+                 extra_well_known_client_content:\n  \"m.integrations\":\n    managers:\n",
+            );
+            let _ = writeln!(out, "      - api_url: {}", quote(&im.rest_url));
+            let _ = writeln!(out, "        ui_url: {}", quote(&im.ui_url));
+        }
+        if let Some(turn) = &self.turn {
+            out.push_str(
+                "\n# Calls: Synapse hands clients TURN credentials that Hearth's TURN checks\n\
+                 # with the same shared secret.\nturn_uris:\n",
+            );
+            for uri in &turn.uris {
+                let _ = writeln!(out, "  - {}", quote(uri));
+            }
+            match &turn.secret {
+                TurnSecret::File(path) => {
+                    out.push_str(
+                        "# The file Hearth reads the secret from (Synapse 1.116 or later); on\n\
+                         # another host, copy it there and change the path.\n",
+                    );
+                    let _ = writeln!(
+                        out,
+                        "turn_shared_secret_path: {}",
+                        quote(&path.display().to_string())
+                    );
+                }
+                TurnSecret::Inline(secret) => {
+                    out.push_str(
+                        "# SECRET: the TURN shared secret, as in Hearth's config. Keep this file\n\
+                         # private, or set turn.shared_secret_file to print a path instead.\n",
+                    );
+                    let _ = writeln!(out, "turn_shared_secret: {}", quote(secret));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# In milliseconds: Hearth's turn.credential_lifetime.\nturn_user_lifetime: {}",
+                turn.lifetime.as_millis()
+            );
+        }
+        out
+    }
+
+    /// LiveKit's `rtc.turn_servers`, so MatrixRTC clients behind strict
+    /// firewalls reach its SFU through Hearth's TURN.
+    pub(crate) fn livekit_yaml(&self) -> String {
+        let Some(turn) = &self.turn else {
+            return "# TURN is disabled ([turn] enabled = false): nothing for LiveKit.\n"
+                .to_owned();
+        };
+        let Some((username, password, expiry)) = &turn.livekit else {
+            return "# TURN has no shared secret: nothing for LiveKit.\n".to_owned();
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# Hearth's TURN for LiveKit's config.yaml (from `hearth homeserver-config livekit`).\n\
+             # SECRET: these credentials let anyone relay through Hearth until Unix time\n\
+             # {expiry}; LiveKit hands them to call participants. Print them again before\n\
+             # then (--livekit-days), or after changing the shared secret.\n\
+             rtc:\n  turn_servers:"
+        );
+        for uri in &turn.uris {
+            let Some((host, port, protocol)) = parse_turn_uri(uri) else {
+                continue;
+            };
+            let _ = writeln!(out, "    - host: {}", quote(&host));
+            let _ = writeln!(out, "      port: {port}");
+            let _ = writeln!(out, "      protocol: {protocol}");
+            let _ = writeln!(out, "      username: {}", quote(username));
+            let _ = writeln!(out, "      credential: {}", quote(password));
+        }
         out
     }
 
@@ -123,6 +259,12 @@ impl Wiring {
         }
         if let Some(url) = &self.identity_url {
             doc.insert("m.identity_server".into(), json!({"base_url": url}));
+        }
+        if let Some(im) = &self.integrations {
+            doc.insert(
+                "m.integrations".into(),
+                json!({"managers": [{"api_url": im.rest_url, "ui_url": im.ui_url}]}),
+            );
         }
         Value::Object(doc)
     }
@@ -143,6 +285,17 @@ impl Wiring {
         }
         let mut doc = Map::new();
         doc.insert("default_server_config".into(), Value::Object(server));
+        if let Some(im) = &self.integrations {
+            doc.insert("integrations_ui_url".into(), im.ui_url.clone().into());
+            doc.insert("integrations_rest_url".into(), im.rest_url.clone().into());
+            // Widgets under these prefixes get the user's scalar_token. Hearth's
+            // widget pages need none, so only the REST URL is named (Element's
+            // own fallback), which no widget lives under.
+            doc.insert("integrations_widgets_urls".into(), json!([im.rest_url]));
+            if let Some(domain) = &im.jitsi_domain {
+                doc.insert("jitsi".into(), json!({"preferred_domain": domain}));
+            }
+        }
         Value::Object(doc)
     }
 
@@ -157,6 +310,7 @@ impl Wiring {
             Target::Synapse => self.synapse_yaml(),
             Target::WellKnown => json(self.well_known()),
             Target::Element => json(self.element()),
+            Target::Livekit => self.livekit_yaml(),
             Target::All => {
                 let mut out = String::new();
                 let sections = [
@@ -169,6 +323,10 @@ impl Wiring {
                     (
                         "Element Web: config.json (merge into the JSON object)",
                         Target::Element,
+                    ),
+                    (
+                        "LiveKit (MatrixRTC, Element Call): config.yaml",
+                        Target::Livekit,
                     ),
                 ];
                 for (i, (title, target)) in sections.into_iter().enumerate() {
@@ -184,6 +342,13 @@ impl Wiring {
     }
 }
 
+/// What Synapse and LiveKit need from `[turn]`.
+// The TURN service is not on this branch's main yet: its section has no
+// secret or listeners to wire. The snippets below are ready for it.
+fn turn_wiring(_config: &Config, _livekit_lifetime: Duration) -> anyhow::Result<Option<Turn>> {
+    Ok(None)
+}
+
 /// `https://<server_name>`, the default public URL of every service.
 fn default_base_url(config: &Config) -> String {
     format!("https://{}", config.server_name.as_str())
@@ -194,6 +359,38 @@ fn trim_slash(mut url: String) -> String {
         url.pop();
     }
     url
+}
+
+/// Host, port and LiveKit protocol of a `turn:`/`turns:` URI.
+fn parse_turn_uri(uri: &str) -> Option<(String, u16, &'static str)> {
+    let (tls, rest) = if let Some(rest) = uri.strip_prefix("turns:") {
+        (true, rest)
+    } else {
+        (false, uri.strip_prefix("turn:")?)
+    };
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None if tls => 5349,
+        None => 3478,
+    };
+    let tcp = query.split('&').any(|p| p == "transport=tcp");
+    let protocol = match (tls, tcp) {
+        (true, _) => "tls",
+        (false, true) => "tcp",
+        (false, false) => "udp",
+    };
+    Some((host.to_owned(), port, protocol))
 }
 
 /// A YAML double-quoted scalar: JSON's string syntax is valid YAML.
@@ -216,6 +413,8 @@ mod tests {
                 base_url: "https://matrix.example.org".into(),
                 server_name: Some("example.org".into()),
             }),
+            turn: None,
+            integrations: None,
         }
     }
 
@@ -267,7 +466,135 @@ mod tests {
             "https://id.example.org"
         );
         let all = w.render(Target::All);
-        assert_eq!(all.matches("==> ").count(), 3, "{all}");
+        assert_eq!(all.matches("==> ").count(), 4, "{all}");
+    }
+
+    fn with_turn_and_integrations() -> Wiring {
+        let mut w = wiring();
+        w.turn = Some(Turn {
+            uris: vec![
+                "turn:turn.example.org:3478?transport=udp".into(),
+                "turn:turn.example.org:3478?transport=tcp".into(),
+                "turns:turn.example.org:5349?transport=tcp".into(),
+            ],
+            secret: TurnSecret::File("/run/secrets/turn".into()),
+            lifetime: Duration::from_secs(3600),
+            livekit: Some((
+                "1700000000:livekit".into(),
+                "cGFzcw==".into(),
+                1_700_000_000,
+            )),
+        });
+        w.integrations = Some(Integrations {
+            ui_url: "https://im.example.org/element".into(),
+            rest_url: "https://im.example.org/api".into(),
+            jitsi_domain: Some("meet.example.org".into()),
+        });
+        w
+    }
+
+    #[test]
+    fn turn_and_integrations_reach_every_snippet() {
+        let w = with_turn_and_integrations();
+        let docs = yaml_rust2::YamlLoader::load_from_str(&w.synapse_yaml()).unwrap();
+        let doc = &docs[0];
+        assert_eq!(
+            doc["turn_uris"][2].as_str(),
+            Some("turns:turn.example.org:5349?transport=tcp")
+        );
+        assert_eq!(
+            doc["turn_shared_secret_path"].as_str(),
+            Some("/run/secrets/turn")
+        );
+        assert!(
+            doc["turn_shared_secret"].is_badvalue(),
+            "no secret when a file holds it"
+        );
+        assert_eq!(doc["turn_user_lifetime"].as_i64(), Some(3_600_000));
+        let manager = &doc["extra_well_known_client_content"]["m.integrations"]["managers"][0];
+        assert_eq!(
+            manager["api_url"].as_str(),
+            Some("https://im.example.org/api")
+        );
+        assert_eq!(
+            manager["ui_url"].as_str(),
+            Some("https://im.example.org/element")
+        );
+
+        assert_eq!(
+            w.well_known()["m.integrations"],
+            json!({"managers": [{"api_url": "https://im.example.org/api",
+                                 "ui_url": "https://im.example.org/element"}]})
+        );
+        let element = w.element();
+        assert_eq!(
+            element["integrations_ui_url"],
+            "https://im.example.org/element"
+        );
+        assert_eq!(
+            element["integrations_rest_url"],
+            "https://im.example.org/api"
+        );
+        assert_eq!(
+            element["integrations_widgets_urls"],
+            json!(["https://im.example.org/api"])
+        );
+        assert_eq!(
+            element["jitsi"],
+            json!({"preferred_domain": "meet.example.org"})
+        );
+
+        let docs = yaml_rust2::YamlLoader::load_from_str(&w.livekit_yaml()).unwrap();
+        let servers = docs[0]["rtc"]["turn_servers"].as_vec().unwrap();
+        let seen: Vec<(&str, i64, &str)> = servers
+            .iter()
+            .map(|s| {
+                assert_eq!(s["username"].as_str(), Some("1700000000:livekit"));
+                assert_eq!(s["credential"].as_str(), Some("cGFzcw=="));
+                (
+                    s["host"].as_str().unwrap(),
+                    s["port"].as_i64().unwrap(),
+                    s["protocol"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("turn.example.org", 3478, "udp"),
+                ("turn.example.org", 3478, "tcp"),
+                ("turn.example.org", 5349, "tls")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_inline_secret_is_printed_marked_as_secret() {
+        let mut w = with_turn_and_integrations();
+        if let Some(turn) = &mut w.turn {
+            turn.secret = TurnSecret::Inline("s3cret".into());
+        }
+        let yaml = w.synapse_yaml();
+        assert!(yaml.contains("# SECRET: the TURN shared secret"), "{yaml}");
+        let docs = yaml_rust2::YamlLoader::load_from_str(&yaml).unwrap();
+        assert_eq!(docs[0]["turn_shared_secret"].as_str(), Some("s3cret"));
+    }
+
+    #[test]
+    fn turn_uris_become_livekit_servers() {
+        assert_eq!(
+            parse_turn_uri("turn:1.2.3.4?transport=udp"),
+            Some(("1.2.3.4".into(), 3478, "udp"))
+        );
+        assert_eq!(
+            parse_turn_uri("turns:t.example.org"),
+            Some(("t.example.org".into(), 5349, "tls"))
+        );
+        assert_eq!(
+            parse_turn_uri("turn:[2001:db8::1]:3479?transport=tcp"),
+            Some(("2001:db8::1".into(), 3479, "tcp"))
+        );
+        assert_eq!(parse_turn_uri("stun:t.example.org"), None);
     }
 
     #[test]
