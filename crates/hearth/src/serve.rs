@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 /// The services in this build, as their config sections. Adding a service
 /// is one line here (and its section in [`Config`]).
 pub(crate) fn services(config: &Config) -> Vec<&dyn Service> {
-    vec![&config.identity, &config.notary]
+    vec![&config.identity, &config.integrations, &config.notary]
 }
 
 /// Opens the configured database and brings every service's tables up to
@@ -343,10 +343,14 @@ mod tests {
         for service in services(&Config::default()) {
             toml.push_str(&format!("[{}]\nenabled = true\n", service.name()));
         }
-        toml.push_str(&format!(
-            "[identity.auth.terms.policies.rules]\nversion = \"1\"\n\
-             [identity.auth.terms.policies.rules.languages.en]\nname = \"Rules\"\nfile = {policy:?}\n"
-        ));
+        // Identity and the integration manager each have policies of the
+        // same id: their documents live under each service's namespace.
+        for service in ["identity", "integrations"] {
+            toml.push_str(&format!(
+                "[{service}.auth.terms.policies.rules]\nversion = \"1\"\n\
+                 [{service}.auth.terms.policies.rules.languages.en]\nname = \"Rules\"\nfile = {policy:?}\n"
+            ));
+        }
         let file = dir.path().join("hearth.toml");
         std::fs::write(&file, toml).unwrap();
         let config = Config::load(Some(&file)).unwrap();
@@ -361,6 +365,8 @@ mod tests {
         let app = public_app(routes, &config.http);
         for (path, status) in [
             ("/_hearth/terms/identity/rules/1/en", StatusCode::OK),
+            ("/_hearth/terms/integrations/rules/1/en", StatusCode::OK),
+            ("/_matrix/integrations/v1/terms", StatusCode::OK),
             ("/_matrix/key/v2/server", StatusCode::OK),
             ("/_matrix/identity/v2", StatusCode::OK),
             ("/_hearth/terms/identity/rules/2/en", StatusCode::NOT_FOUND),
