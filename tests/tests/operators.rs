@@ -816,4 +816,10 @@ fn audit_finds_the_third_parties_of_generated_configs_and_none_once_wired() {
     ]);
     assert_eq!(out.code(), Some(0), "{out}");
     assert_eq!(out.stdout, "no third-party dependency found\n");
+
+    // A file it cannot read is not a clean bill of health, nor a finding.
+    let missing = dir.path().join("missing.yaml");
+    let out = site.run(&["audit", "--synapse", missing.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("missing.yaml"), "{out}");
 }

@@ -72,7 +72,7 @@ enum Command {
     },
     /// List third-party services that a Synapse or Element config depends
     /// on, with the change that points each at Hearth. Exits 1 when any is
-    /// found, so it can run in CI.
+    /// found (so it can run in CI), 2 when a file cannot be read.
     #[command(arg_required_else_help = true)]
     Audit {
         /// Synapse's homeserver.yaml.
@@ -214,17 +214,23 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { synapse, element } => {
             let config = load(config_path.as_ref())?;
-            let clean = audit::run(
-                &config,
-                synapse.as_deref(),
-                element.as_deref(),
-                &mut std::io::stdout(),
-            )?;
-            return Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            // 1 means "found something"; a file that cannot be read is 2, so
+            // CI can tell the two apart.
+            return Ok(
+                match audit::run(
+                    &config,
+                    synapse.as_deref(),
+                    element.as_deref(),
+                    &mut std::io::stdout(),
+                ) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(2)
+                    }
+                },
+            );
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut std::io::stdout());
