@@ -564,6 +564,24 @@ fn the_docker_build_context_leaves_out_build_output_data_and_secrets() {
         assert!(rules.contains(&rule), "{rule}");
     }
 
+    // Cargo loads the workspace and its locked dependency graph from the
+    // context alone, as `cargo build --locked` in the image will.
+    let context = tempfile::tempdir().unwrap();
+    for path in &included {
+        let path = path.trim_end_matches('/');
+        copy_context(&root.join(path), &context.path().join(path));
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut metadata = Command::new(cargo);
+    metadata
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(context.path());
+    let out = run_ok(metadata);
+    assert!(
+        out.stdout.contains("\"name\":\"hearth\""),
+        "hearth is in the context's workspace"
+    );
+
     let dockerfile = fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
     assert_eq!(
         dockerfile.matches("\nFROM ").count(),
@@ -575,6 +593,28 @@ fn the_docker_build_context_leaves_out_build_output_data_and_secrets() {
         "runs as non-root"
     );
     assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/hearth", "health"]"#));
+}
+
+/// Copies `from` to `to` as the build context would hold it: without the
+/// `**/target`, `**/data`, `**/*.key` and `**/*.db` the ignore file leaves out.
+fn copy_context(from: &Path, to: &Path) {
+    let name = from
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name == "target" || name == "data" || name.ends_with(".key") || name.ends_with(".db") {
+        return;
+    }
+    if from.is_dir() {
+        fs::create_dir_all(to).unwrap();
+        for entry in fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_context(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(from, to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
 }
 
 // ---------------------------------------------------------------------------
