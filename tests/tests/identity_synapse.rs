@@ -23,6 +23,10 @@
 //! X-Matrix `destination_is` verification needs. Hearth reaches the
 //! plain-HTTP Synapse through a federation override.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hearth_core::http::percent_encode as url_encode;
@@ -47,16 +51,35 @@ struct World {
     /// The `id_server` Synapse is given: Hearth's `server_name`.
     id_server: String,
     _site: Site,
+    /// The test CA, for clients other than `is`.
+    ca: PathBuf,
     _certs: tempfile::TempDir,
     synapse: Synapse,
     smtp: SmtpCapture,
 }
 
+/// What a test adds to the common setup.
+#[derive(Default)]
+struct Setup {
+    /// Synapse config, given Hearth's base URL (`https://localhost:<port>`).
+    synapse: Option<fn(&str) -> Value>,
+    /// TOML appended to Hearth's config: whole sections.
+    hearth: &'static str,
+}
+
 impl World {
     fn start() -> Self {
+        Self::start_with(Setup::default())
+    }
+
+    fn start_with(setup: Setup) -> Self {
         let started = Instant::now();
         let smtp = SmtpCapture::start();
-        let synapse = Synapse::start(&json!({
+        // Hearth's port is picked when it is about to listen, so no other
+        // process takes it meanwhile; only a Synapse that must be told
+        // Hearth's URL needs it earlier.
+        let early_site = setup.synapse.is_some().then(Site::new);
+        let mut synapse_config = json!({
             // The IS client skips certificate checks; federation is untouched.
             "use_insecure_ssl_client_just_for_testing_do_not_use": true,
             // Identity server calls go through the IP blocklist, which blocks
@@ -77,18 +100,27 @@ impl World {
                 "per_user": {"per_second": 1000, "burst_count": 1000},
                 "per_issuer": {"per_second": 1000, "burst_count": 1000},
             },
-        }));
+            "rc_3pid_validation": {"per_second": 1000, "burst_count": 1000},
+        });
+        if let (Some(extra), Some(config), Some(site)) =
+            (setup.synapse, synapse_config.as_object_mut(), &early_site)
+            && let Value::Object(extra) =
+                extra(&format!("https://localhost:{}", site.public_addr().port()))
+        {
+            config.extend(extra);
+        }
+        let synapse = Synapse::start(&synapse_config);
         eprintln!(
             "Synapse {} ready after {:?}",
             synapse.server_name(),
             started.elapsed()
         );
 
+        let site = early_site.unwrap_or_else(Site::new);
+        let id_server = format!("localhost:{}", site.public_addr().port());
         let certs = tempfile::tempdir().expect("a directory for certificates");
         let cert = TestCertificate::localhost(certs.path());
-        let site = Site::new();
-        let id_server = format!("localhost:{}", site.public_addr().port());
-        let config = format!(
+        let mut config = format!(
             r#"server_name = "{id_server}"
 
 [http]
@@ -117,6 +149,7 @@ brand = "Hearth Test"
             synapse_url = synapse.url(),
             smtp_port = smtp.port(),
         );
+        config.push_str(setup.hearth);
         let path = site.write_file("hearth.toml", &config);
         let hearth = site.start(&["--config", path.to_str().expect("a UTF-8 path"), "serve"]);
         let is = HttpClient::https(site.public_addr(), "localhost", cert.client_config());
@@ -126,6 +159,7 @@ brand = "Hearth Test"
             is,
             id_server,
             _site: site,
+            ca: cert.ca.clone(),
             _certs: certs,
             synapse,
             smtp,
@@ -532,5 +566,258 @@ fn third_party_invite_reaches_the_invitee_after_bind() {
         world.smtp.mails_to(address).len(),
         mails_before,
         "no invite mail for an address already bound"
+    );
+}
+
+impl World {
+    /// The six-digit code of the latest SMS Hearth's `log` sender wrote
+    /// (its INFO line holds the text, never the number).
+    fn sms_code(&self, seen: usize) -> String {
+        let mut code = None;
+        wait_until(ARRIVAL_TIMEOUT, || {
+            let log = self.hearth.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("SMS not sent")).collect();
+            code = lines.get(seen).and_then(|line| {
+                line.split("text=")
+                    .nth(1)?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .find(|run| run.len() == 6)
+                    .map(str::to_owned)
+            });
+            code.is_some()
+        });
+        code.unwrap_or_else(|| panic!("no SMS code in Hearth's log\n{}", self.logs()))
+    }
+}
+
+/// The first word of `mail`'s text part that contains `needle`.
+fn word_with(mail: &Mail, needle: &str) -> String {
+    mail.text()
+        .split_whitespace()
+        .find(|word| word.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle} in the mail:\n{}", mail.raw))
+        .to_owned()
+}
+
+/// `%XX` sequences decoded (query values of the links in mails).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], s.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) if u8::from_str_radix(hex, 16).is_ok() => {
+                out.push(u8::from_str_radix(hex, 16).unwrap_or_default());
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 11 item 5. Synapse 1.163 with `account_threepid_delegates.msisdn`
+/// pointing at Hearth adds a phone number to an account through the three
+/// v1 paths it calls (`handlers/identity.py`): `requestToken`, then the
+/// code through Synapse's `add_threepid/msisdn/submit_token` proxy, then
+/// `/account/3pid/add`, where Synapse asks `getValidated3pid`.
+#[test]
+fn synapse_msisdn_delegation_adds_a_phone_number() {
+    let world = World::start_with(Setup {
+        synapse: Some(|is_url| json!({"account_threepid_delegates": {"msisdn": is_url}})),
+        hearth: "\n[identity.sms]\nserve_synapse_delegation = true\n",
+    });
+    let synapse = world.synapse.client();
+    let (_dave, dave_hs) = world.synapse_user("dave");
+    let secret = "dave-secret-1";
+    let requested = synapse.post(
+        "/_matrix/client/v3/account/3pid/msisdn/requestToken",
+        Some(&dave_hs),
+        &json!({"client_secret": secret, "country": "GB", "phone_number": "07700 900789", "send_attempt": 1}),
+    );
+    world.expect(&requested, 200, "Synapse msisdn requestToken");
+    let requested = requested.json();
+    let sid = requested["sid"].as_str().expect("a sid").to_owned();
+    assert_eq!(requested["msisdn"], "447700900789", "{requested}");
+    assert!(requested["submit_url"].is_string(), "{requested}");
+
+    let code = world.sms_code(0);
+    let submitted = synapse.post(
+        "/_matrix/client/unstable/add_threepid/msisdn/submit_token",
+        Some(&dave_hs),
+        &json!({"sid": sid, "client_secret": secret, "token": code}),
+    );
+    world.expect(&submitted, 200, "Synapse's submit_token proxy");
+    assert_eq!(submitted.json()["success"], true, "{}", submitted.text());
+
+    // User-interactive auth: the first call names the session.
+    let add = json!({"sid": sid, "client_secret": secret});
+    let challenge = synapse.post("/_matrix/client/v3/account/3pid/add", Some(&dave_hs), &add);
+    world.expect(&challenge, 401, "/account/3pid/add without auth");
+    let session = challenge.json()["session"]
+        .as_str()
+        .expect("a UIA session")
+        .to_owned();
+    let mut with_auth = add.clone();
+    with_auth["auth"] = json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "dave"},
+        "password": PASSWORD,
+        "session": session,
+    });
+    let added = synapse.post(
+        "/_matrix/client/v3/account/3pid/add",
+        Some(&dave_hs),
+        &with_auth,
+    );
+    world.expect(&added, 200, "/account/3pid/add");
+    let threepids = synapse.get("/_matrix/client/v3/account/3pid", Some(&dave_hs));
+    world.expect(&threepids, 200, "/account/3pid");
+    let threepids = threepids.json();
+    assert!(
+        threepids["threepids"].as_array().is_some_and(|list| list
+            .iter()
+            .any(|t| t["medium"] == "msisdn" && t["address"] == "447700900789")),
+        "{threepids}\n{}",
+        world.logs()
+    );
+}
+
+/// Issue 11's proof: Element's own calls, made with matrix-js-sdk 43.0.0
+/// from npm (`tests/js/element.mjs`), against this Synapse and Hearth:
+/// the `IdentityAuthClient` flow (OpenID registration, terms through
+/// `getTerms`/`agreeToTerms`), Settings → Discovery for an email and a
+/// phone number, `identityHashedLookup` by another user (a mixed-case,
+/// non-ASCII address), `inviteByEmail` and the invitee's `joinRoom` with
+/// the mailed `signurl`, and `unbindThreePid`. This test reads the mails
+/// and the SMS code for the script, as a person would.
+#[test]
+fn element_flows_through_matrix_js_sdk() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    assert!(
+        js.join("node_modules/matrix-js-sdk/package.json").is_file(),
+        "matrix-js-sdk is not installed in {}: run `cargo xtask test`, or `npm ci` there",
+        js.display()
+    );
+    let world = World::start_with(Setup {
+        synapse: None,
+        hearth: "\n[identity.invites]\nweb_client_location = \"https://element.example\"\n",
+    });
+    let invitee_email = "carol.invited@example.org";
+    let mut node = Command::new("node");
+    node.arg(js.join("element.mjs"))
+        .current_dir(&js)
+        .env("HS_URL", world.synapse.url())
+        .env("IS_URL", format!("https://{}", world.id_server))
+        .env("NODE_EXTRA_CA_CERTS", &world.ca)
+        .env("NODE_OPTIONS", "--dns-result-order=ipv4first")
+        .env("ALICE_EMAIL", "Strauß.Alice@Example.org")
+        .env("ALICE_EMAIL_CANONICAL", "strauss.alice@example.org")
+        .env("ALICE_PHONE", "+447700900123")
+        .env("INVITEE_EMAIL", invitee_email);
+    let mut carol = String::new();
+    for name in ["alice", "bob", "carol"] {
+        let (user_id, token) = world.synapse_user(name);
+        let upper = name.to_ascii_uppercase();
+        node.env(format!("{upper}_USER_ID"), &user_id)
+            .env(format!("{upper}_TOKEN"), token);
+        if name == "carol" {
+            carol = user_id;
+        }
+    }
+    let stderr_dir = tempfile::tempdir().expect("a directory for node's output");
+    let stderr_path = stderr_dir.path().join("node.log");
+    let stderr = std::fs::File::create(&stderr_path).expect("node's log");
+    let mut child = node
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("starting node (Debian's nodejs)");
+    let node_log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let mut stdin = child.stdin.take().expect("node's stdin");
+    let stdout = child.stdout.take().expect("node's stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut sms_seen = 0;
+    let room_id = loop {
+        let line = match lines.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(line)) => line,
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "the script stopped ({other:?}):\n{}\n{}",
+                    node_log(),
+                    world.logs()
+                );
+            }
+        };
+        // Other lines are the SDK's own logging.
+        let Some(line) = line.strip_prefix("HEARTH-E2E ") else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("node printed {line:?}: {e}\n{}", node_log()));
+        if let Some(room_id) = message.get("done") {
+            break room_id.as_str().expect("a room ID").to_owned();
+        }
+        let address = message["address"].as_str().unwrap_or_default();
+        let value = match message["need"].as_str() {
+            Some("email_link") => {
+                let mail = world.smtp.wait_for_mail_to(address, 0, ARRIVAL_TIMEOUT);
+                word_with(&mail, "/validate/email/submitToken?")
+            }
+            Some("sms_code") => {
+                sms_seen += 1;
+                world.sms_code(sms_seen - 1)
+            }
+            Some("signurl") => {
+                let mail = world.smtp.wait_for_mail_to(address, 0, ARRIVAL_TIMEOUT);
+                let link = word_with(&mail, "signurl=");
+                let query = link.split_once('?').map_or("", |(_, q)| q);
+                let signurl = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("signurl="))
+                    .unwrap_or_else(|| panic!("no signurl in {link}"));
+                percent_decode(signurl)
+            }
+            other => panic!("node asked for {other:?}"),
+        };
+        writeln!(stdin, "{}", json!({ "value": value })).expect("answering node");
+    };
+    let status = child.wait().expect("node exits");
+    eprintln!("{}", node_log());
+    assert!(
+        status.success(),
+        "node: {status}\n{}\n{}",
+        node_log(),
+        world.logs()
+    );
+
+    // Synapse agrees: Carol joined through the third-party invite.
+    let bob_hs = world.synapse.login("bob", PASSWORD);
+    let member = world.synapse.client().get(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            url_encode(&room_id),
+            url_encode(&carol)
+        ),
+        Some(&bob_hs),
+    );
+    world.expect(&member, 200, "Carol's membership");
+    assert_eq!(member.json()["membership"], "join", "{}", member.text());
+    assert!(
+        world.hearth.log().contains("3PID unbound"),
+        "Hearth applied Synapse's unbind\n{}",
+        world.logs()
     );
 }

@@ -560,7 +560,7 @@ fn the_docker_build_context_leaves_out_build_output_data_and_secrets() {
         manifest.contains(r#"members = ["crates/*", "xtask", "tests"]"#),
         "members changed: update .dockerignore"
     );
-    for rule in ["**/target", "**/data", "**/*.key"] {
+    for rule in ["**/target", "**/data", "**/node_modules", "**/*.key"] {
         assert!(rules.contains(&rule), "{rule}");
     }
 
@@ -596,13 +596,17 @@ fn the_docker_build_context_leaves_out_build_output_data_and_secrets() {
 }
 
 /// Copies `from` to `to` as the build context would hold it: without the
-/// `**/target`, `**/data`, `**/*.key` and `**/*.db` the ignore file leaves out.
+/// `**/target`, `**/data`, `**/node_modules`, `**/*.key` and `**/*.db` the
+/// ignore file leaves out.
 fn copy_context(from: &Path, to: &Path) {
     let name = from
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    if name == "target" || name == "data" || name.ends_with(".key") || name.ends_with(".db") {
+    if ["target", "data", "node_modules"].contains(&name)
+        || name.ends_with(".key")
+        || name.ends_with(".db")
+    {
         return;
     }
     if from.is_dir() {

@@ -12,6 +12,7 @@ mod bench;
 mod browser;
 mod debian;
 mod dist;
+mod node;
 mod postgres;
 mod python;
 mod sydent;
@@ -89,6 +90,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
         let browser = browser::Browser::setup(&root)?;
         env.push((browser::CHROMIUM_VAR, browser.chromium().into()));
         env.push((browser::PLAYWRIGHT_VAR, browser.node_modules().into()));
+        // matrix-js-sdk for Element's calls (tests/js).
+        node::setup(&root)?;
         let bin = hearth_binary(&root, runner, args)?;
         operator_peers(&root, &bin, &mut env)?;
         env.push((HEARTH_BIN_VAR, bin.into()));

@@ -26,6 +26,19 @@ impl ErrCode {
     pub const TOO_LARGE: Self = Self("M_TOO_LARGE");
     pub const TERMS_NOT_SIGNED: Self = Self("M_TERMS_NOT_SIGNED");
     pub const SERVER_NOT_TRUSTED: Self = Self("M_SERVER_NOT_TRUSTED");
+    // The Identity Service API's own codes ("Standard error response" and
+    // the per-endpoint lists). Note the plural of `M_MISSING_PARAMS`.
+    pub const MISSING_PARAMS: Self = Self("M_MISSING_PARAMS");
+    pub const INVALID_EMAIL: Self = Self("M_INVALID_EMAIL");
+    pub const INVALID_ADDRESS: Self = Self("M_INVALID_ADDRESS");
+    pub const EMAIL_SEND_ERROR: Self = Self("M_EMAIL_SEND_ERROR");
+    pub const SEND_ERROR: Self = Self("M_SEND_ERROR");
+    pub const NO_VALID_SESSION: Self = Self("M_NO_VALID_SESSION");
+    pub const SESSION_EXPIRED: Self = Self("M_SESSION_EXPIRED");
+    pub const SESSION_NOT_VALIDATED: Self = Self("M_SESSION_NOT_VALIDATED");
+    pub const TOKEN_INCORRECT: Self = Self("M_TOKEN_INCORRECT");
+    pub const THREEPID_IN_USE: Self = Self("M_THREEPID_IN_USE");
+    pub const INVALID_PEPPER: Self = Self("M_INVALID_PEPPER");
 }
 
 impl fmt::Display for ErrCode {

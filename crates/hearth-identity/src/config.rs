@@ -115,6 +115,10 @@ pub struct SmsConfig {
     /// Codes per number: `burst` at once, then one per `period`; 0 is no limit.
     pub per_number_burst: u32,
     pub per_number_period: Duration,
+    /// Serve the three v1 paths Synapse's `account_threepid_delegates.msisdn`
+    /// calls, without a token (so anyone may have codes sent: keep the
+    /// per-number limit, and put the service behind your homeserver only).
+    pub serve_synapse_delegation: bool,
 }
 
 impl Default for SmsConfig {
@@ -131,6 +135,7 @@ impl Default for SmsConfig {
             twilio_from: None,
             per_number_burst: 3,
             per_number_period: Duration::secs(3600),
+            serve_synapse_delegation: false,
         }
     }
 }
@@ -156,6 +161,13 @@ pub struct InvitesConfig {
     pub web_client_location: Option<String>,
     /// Pending `onbind` callbacks are retried with backoff for this long.
     pub onbind_retry_for: Duration,
+    /// Invites one sender may store per `per_sender_period`; 0 is no limit.
+    pub per_sender_limit: u32,
+    pub per_sender_period: Duration,
+    /// Invite mails one address may receive per `per_recipient_period`; 0
+    /// is no limit.
+    pub per_recipient_limit: u32,
+    pub per_recipient_period: Duration,
 }
 
 impl Default for InvitesConfig {
@@ -163,6 +175,10 @@ impl Default for InvitesConfig {
         Self {
             web_client_location: None,
             onbind_retry_for: Duration::secs(7 * 24 * 3600),
+            per_sender_limit: 10,
+            per_sender_period: Duration::secs(3600),
+            per_recipient_limit: 5,
+            per_recipient_period: Duration::secs(3600),
         }
     }
 }

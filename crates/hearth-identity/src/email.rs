@@ -71,9 +71,13 @@ const BUILT_IN: &[(&str, &str)] = &[
 pub(crate) enum Template {
     /// Context: `token`, `link`.
     Validation,
-    /// Context: `sender_display_name`, `sender`, `room_name`, `room_alias`,
-    /// `room_id`, `room_type`, `web_client_location` and `invite_link`
-    /// (both may be null).
+    /// Context: every field of the store-invite request by its name
+    /// (`sender`, `sender_display_name`, `sender_avatar_url`, `room_id`,
+    /// `room_alias`, `room_name`, `room_avatar_url`, `room_join_rules`,
+    /// `room_type`, extra keys), the whole request as `request`, the spec's
+    /// `inviter_name` and `room_avatar`, and `token`,
+    /// `ephemeral_private_key`, `sign_url`, `web_client_location` and
+    /// `invite_link` (the last two may be null).
     Invite,
 }
 
@@ -191,9 +195,8 @@ impl Mailer {
     }
 
     /// Renders `template` for `to` and sends it. A refused or failed
-    /// delivery is 500 `M_EMAIL_SEND_ERROR`: Sydent's status, and a server
-    /// fault to monitor (the spec lists the code under 400, which clients
-    /// do not act on differently).
+    /// delivery is 400 `M_EMAIL_SEND_ERROR`, where the spec lists it
+    /// (Sydent answers 500); the warning logged says why.
     pub(crate) async fn send(
         &self,
         template: Template,
@@ -238,8 +241,8 @@ impl Mailer {
                     "mail could not be sent"
                 );
                 Err(MatrixError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrCode("M_EMAIL_SEND_ERROR"),
+                    StatusCode::BAD_REQUEST,
+                    ErrCode::EMAIL_SEND_ERROR,
                     "The mail could not be sent",
                 ))
             }
@@ -252,7 +255,7 @@ pub(crate) fn parse_address(address: &str) -> Result<Address, MatrixError> {
     address.parse().map_err(|_| {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
-            ErrCode("M_INVALID_EMAIL"),
+            ErrCode::INVALID_EMAIL,
             "Invalid email address",
         )
     })

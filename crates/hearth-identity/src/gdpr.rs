@@ -11,18 +11,24 @@ use sqlx::Row;
 pub async fn export(state: &IdentityState, user_id: &UserId) -> Result<Value, MatrixError> {
     let pool = state.db.pool();
     let associations = sqlx::query(
-        "SELECT medium, address, ts FROM identity_associations WHERE mxid = $1 ORDER BY ts",
+        "SELECT medium, address, lookup_alias, ts FROM identity_associations
+         WHERE mxid = $1 ORDER BY ts",
     )
     .bind(user_id.as_str())
     .fetch_all(pool)
     .await?
     .iter()
     .map(|r| {
-        Ok(json!({
+        let mut association = json!({
             "medium": r.try_get::<String, _>("medium")?,
             "address": r.try_get::<String, _>("address")?,
             "bound_ts": r.try_get::<i64, _>("ts")?,
-        }))
+        });
+        // The address lower-cased, kept for lookups where it differs.
+        if let Some(alias) = r.try_get::<Option<String>, _>("lookup_alias")? {
+            association["lookup_alias"] = Value::String(alias);
+        }
+        Ok(association)
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let invites = sqlx::query(
@@ -55,8 +61,8 @@ pub async fn forget(state: &IdentityState, user_id: &UserId) -> Result<(), Matri
     let mut tx = state.db.pool().begin().await?;
     // Tell every instance's lookup index, then remove the bindings.
     sqlx::query(
-        "INSERT INTO identity_lookup_changes (medium, address, mxid, ts)
-         SELECT medium, address, NULL, $2 FROM identity_associations WHERE mxid = $1",
+        "INSERT INTO identity_lookup_changes (medium, address, lookup_alias, mxid, ts)
+         SELECT medium, address, lookup_alias, NULL, $2 FROM identity_associations WHERE mxid = $1",
     )
     .bind(user_id.as_str())
     .bind(hearth_core::time::now_ms())

@@ -1,5 +1,8 @@
 //! The Matrix Identity Service API v2 (spec "Identity Service API"), with
-//! accounts and terms from `hearth-auth`. No v1 endpoint is served.
+//! accounts and terms from `hearth-auth`. No v1 endpoint is served, except,
+//! when `sms.serve_synapse_delegation` asks for them, the three Synapse's
+//! msisdn delegation calls (see `validation`). The invite mail's signing
+//! link is Hearth's own `/_hearth/identity/v1/sign-ed25519` (decision 0006).
 //!
 //! Modules follow the spec's sections: `status` (versions, status),
 //! `pubkey` (key management), `lookup` (hashed association lookup),
@@ -14,6 +17,7 @@ mod gdpr;
 mod invites;
 mod lookup;
 mod outbox;
+mod params;
 mod pubkey;
 mod sessions;
 mod sms;
@@ -34,7 +38,7 @@ use axum::routing::{get, post};
 use hearth_auth::Auth;
 use hearth_core::config::ByteSize;
 use hearth_core::ids::ServerName;
-use hearth_core::keys::SigningKey;
+use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, Migration, Schema};
 use hearth_federation::{FederationClient, KeyStore, Outbound};
 use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError, Task};
@@ -45,10 +49,16 @@ use std::sync::Arc;
 pub static SCHEMA: Schema = Schema {
     component: "identity",
     depends_on: &[&hearth_auth::SCHEMA, &hearth_federation::SCHEMA],
-    migrations: &[Migration {
-        description: "peppers, associations, sessions, invites, onbind outbox",
-        sql: include_str!("../migrations/0001_identity.sql"),
-    }],
+    migrations: &[
+        Migration {
+            description: "peppers, associations, sessions, invites, onbind outbox",
+            sql: include_str!("../migrations/0001_identity.sql"),
+        },
+        Migration {
+            description: "hashed client secrets, lower-cased lookup aliases, invite keys",
+            sql: include_str!("../migrations/0002_interop.sql"),
+        },
+    ],
 };
 
 /// Everything the identity service's handlers share.
@@ -58,6 +68,8 @@ pub struct Identity {
     pub public_base_url: String,
     /// Signs associations and invites; its id is published at `/pubkey`.
     pub signing_key: SigningKey,
+    /// This server's keys, current and retired, for `/pubkey`.
+    pub own_keys: KeyRing,
     pub db: Database,
     pub auth: Auth,
     pub federation: FederationClient,
@@ -66,6 +78,7 @@ pub struct Identity {
     /// The guarded client SMS gateways are reached through.
     pub outbound: Outbound,
     pub(crate) index: lookup::LookupIndex,
+    pub(crate) onbind_methods: outbox::Methods,
     pub(crate) mailer: email::Mailer,
     pub(crate) sms: sms::Sender,
     pub config: Config,
@@ -165,12 +178,14 @@ pub fn build(config: &Config, ctx: &Context) -> Result<IdentityState, ServiceErr
         server_name: ctx.server_name.clone(),
         public_base_url,
         signing_key,
+        own_keys: ctx.keys.clone(),
         keys: ctx.remote_keys.clone(),
         outbound: ctx.outbound.clone(),
         db: ctx.db.clone(),
         auth,
         federation: ctx.federation.clone(),
         index: lookup::LookupIndex::default(),
+        onbind_methods: outbox::Methods::default(),
         mailer,
         sms,
         config: config.clone(),
@@ -287,21 +302,47 @@ pub fn router(state: IdentityState) -> Router {
         .route("/3pid/unbind", post(associations::unbind))
         .route("/store-invite", post(invites::store_invite))
         .route("/sign-ed25519", post(invites::sign_ed25519));
-    Router::new()
+    let mut router = Router::new()
         .route("/_matrix/identity/versions", get(status::versions))
         .nest("/_matrix/identity/v2", v2)
+        .route(invites::MAILED_SIGN_PATH, post(invites::sign_mailed));
+    if state.config.sms.serve_synapse_delegation {
+        // Exactly the v1 paths Synapse 1.163's msisdn delegation calls.
+        router = router
+            .route(
+                "/_matrix/identity/api/v1/validate/msisdn/requestToken",
+                post(validation::v1_msisdn_request_token),
+            )
+            .route(
+                "/_matrix/identity/api/v1/validate/msisdn/submitToken",
+                post(validation::v1_submit_token),
+            )
+            .route(
+                "/_matrix/identity/api/v1/3pid/getValidated3pid",
+                get(associations::v1_get_validated_3pid),
+            );
+    }
+    router
         .merge(state.auth.terms_document_route())
         .with_state(state)
 }
 
-/// `POST /account/register`: Sydent's shape, `token` plus the legacy
-/// `access_token` that older Element reads.
+/// Sydent's shape, `token` plus the legacy `access_token` that Element
+/// reads.
+#[derive(serde::Serialize)]
+struct RegisterResponse {
+    token: String,
+    access_token: String,
+}
+
+/// `POST /account/register`.
 async fn register(
     axum::extract::State(state): axum::extract::State<IdentityState>,
     hearth_core::Json(credentials): hearth_core::Json<hearth_auth::OpenIdCredentials>,
-) -> Result<hearth_core::Json<serde_json::Value>, hearth_core::MatrixError> {
+) -> Result<hearth_core::Json<RegisterResponse>, hearth_core::MatrixError> {
     let (_, token) = state.auth.register(&credentials).await?;
-    Ok(hearth_core::Json(
-        serde_json::json!({ "token": token, "access_token": token }),
-    ))
+    Ok(hearth_core::Json(RegisterResponse {
+        access_token: token.clone(),
+        token,
+    }))
 }

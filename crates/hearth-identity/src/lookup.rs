@@ -14,6 +14,7 @@
 //! lookups would be refused for.
 
 use crate::IdentityState;
+use crate::params::Body;
 use crate::threepid::{EMAIL, MSISDN};
 use axum::extract::State;
 use futures_util::TryStreamExt;
@@ -23,8 +24,8 @@ use hearth_core::storage::{Backend, Database};
 use hearth_core::time::now_ms;
 use hearth_core::{ErrCode, Json, MatrixError};
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -90,18 +91,22 @@ pub async fn rotate_pepper_if_due(db: &Database, every: Duration) -> Result<Stri
 }
 
 /// Records that the binding of a 3PID changed (`mxid` `None`: removed),
-/// inside the caller's transaction, for every instance's index to follow.
+/// with the address's lower-cased alias if it has one, inside the caller's
+/// transaction, for every instance's index to follow.
 pub(crate) async fn record_change(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     medium: &str,
     address: &str,
+    lookup_alias: Option<&str>,
     mxid: Option<&str>,
 ) -> Result<(), MatrixError> {
     sqlx::query(
-        "INSERT INTO identity_lookup_changes (medium, address, mxid, ts) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO identity_lookup_changes (medium, address, lookup_alias, mxid, ts)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(medium)
     .bind(address)
+    .bind(lookup_alias)
     .bind(mxid)
     .bind(now_ms())
     .execute(&mut **tx)
@@ -144,6 +149,34 @@ fn digest(address: &str, medium: &str, pepper: &str) -> Digest32 {
     Sha256::digest(format!("{address} {medium} {pepper}").as_bytes()).into()
 }
 
+/// The hashes a binding is found by: its stored address; for email also
+/// the lower-cased form Element hashes (`lookup_alias`) and the case-folded
+/// one the spec names (which differs from the stored address only for
+/// bindings stored lower-cased, before addresses were case-folded).
+fn keys(medium: &str, address: &str, lookup_alias: Option<&str>, pepper: &str) -> Vec<Digest32> {
+    let mut keys = vec![digest(address, medium, pepper)];
+    if medium == EMAIL {
+        keys.extend(lookup_alias.map(|alias| digest(alias, medium, pepper)));
+        if !address.is_ascii() {
+            let folded = crate::threepid::case_fold(address);
+            if folded != address {
+                keys.push(digest(&folded, medium, pepper));
+            }
+        }
+    }
+    keys
+}
+
+fn put(mxids: &mut HashMap<Digest32, Arc<str>>, keys: Vec<Digest32>, mxid: Option<&str>) {
+    let mxid: Option<Arc<str>> = mxid.map(Arc::from);
+    for key in keys {
+        match &mxid {
+            Some(mxid) => mxids.insert(key, mxid.clone()),
+            None => mxids.remove(&key),
+        };
+    }
+}
+
 impl LookupIndex {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
         self.snapshot.read().unwrap_or_else(|e| e.into_inner())
@@ -154,13 +187,16 @@ impl LookupIndex {
     }
 
     /// Applies this instance's own change at once, after its commit.
-    pub(crate) fn apply(&self, medium: &str, address: &str, mxid: Option<&str>) {
+    pub(crate) fn apply(
+        &self,
+        medium: &str,
+        address: &str,
+        lookup_alias: Option<&str>,
+        mxid: Option<&str>,
+    ) {
         let mut snapshot = self.write();
-        let key = digest(address, medium, &snapshot.pepper);
-        match mxid {
-            Some(mxid) => snapshot.mxids.insert(key, Arc::from(mxid)),
-            None => snapshot.mxids.remove(&key),
-        };
+        let keys = keys(medium, address, lookup_alias, &snapshot.pepper);
+        put(&mut snapshot.mxids, keys, mxid);
     }
 
     /// Brings the index up to date: a new pepper in the database means a
@@ -196,11 +232,13 @@ impl LookupIndex {
         let changes = changes_since(&state.db, seq - CHANGE_LOOKBACK).await?;
         let mut snapshot = self.write();
         for change in &changes {
-            let key = digest(&change.address, &change.medium, &snapshot.pepper);
-            match &change.mxid {
-                Some(mxid) => snapshot.mxids.insert(key, Arc::from(mxid.as_str())),
-                None => snapshot.mxids.remove(&key),
-            };
+            let keys = keys(
+                &change.medium,
+                &change.address,
+                change.lookup_alias.as_deref(),
+                &snapshot.pepper,
+            );
+            put(&mut snapshot.mxids, keys, change.mxid.as_deref());
             snapshot.seq = snapshot.seq.max(change.seq);
         }
         snapshot.refreshed = Some(std::time::Instant::now());
@@ -214,21 +252,26 @@ impl LookupIndex {
         let seq = max_seq(db).await?;
         // Streamed, so only the index itself is held, not every row.
         let mut rows =
-            sqlx::query("SELECT medium, address, mxid FROM identity_associations").fetch(db.pool());
+            sqlx::query("SELECT medium, address, lookup_alias, mxid FROM identity_associations")
+                .fetch(db.pool());
         let mut mxids = HashMap::new();
         while let Some(row) = rows.try_next().await? {
             let medium: String = row.try_get("medium")?;
             let address: String = row.try_get("address")?;
+            let alias: Option<String> = row.try_get("lookup_alias")?;
             let mxid: String = row.try_get("mxid")?;
-            mxids.insert(digest(&address, &medium, &pepper), Arc::from(mxid));
+            let keys = keys(&medium, &address, alias.as_deref(), &pepper);
+            put(&mut mxids, keys, Some(&mxid));
         }
         drop(rows);
         for change in changes_since(db, seq - CHANGE_LOOKBACK).await? {
-            let key = digest(&change.address, &change.medium, &pepper);
-            match change.mxid {
-                Some(mxid) => mxids.insert(key, Arc::from(mxid)),
-                None => mxids.remove(&key),
-            };
+            let keys = keys(
+                &change.medium,
+                &change.address,
+                change.lookup_alias.as_deref(),
+                &pepper,
+            );
+            put(&mut mxids, keys, change.mxid.as_deref());
         }
         let seq = max_seq(db).await?.max(seq);
         let associations = mxids.len();
@@ -277,12 +320,14 @@ struct Change {
     seq: i64,
     medium: String,
     address: String,
+    lookup_alias: Option<String>,
     mxid: Option<String>,
 }
 
 async fn changes_since(db: &Database, seq: i64) -> Result<Vec<Change>, MatrixError> {
     let rows = sqlx::query(
-        "SELECT seq, medium, address, mxid FROM identity_lookup_changes WHERE seq > $1 ORDER BY seq",
+        "SELECT seq, medium, address, lookup_alias, mxid FROM identity_lookup_changes
+         WHERE seq > $1 ORDER BY seq",
     )
     .bind(seq)
     .fetch_all(db.pool())
@@ -293,6 +338,7 @@ async fn changes_since(db: &Database, seq: i64) -> Result<Vec<Change>, MatrixErr
                 seq: r.try_get("seq")?,
                 medium: r.try_get("medium")?,
                 address: r.try_get("address")?,
+                lookup_alias: r.try_get("lookup_alias")?,
                 mxid: r.try_get("mxid")?,
             })
         })
@@ -324,15 +370,27 @@ fn algorithms(state: &IdentityState) -> Vec<&'static str> {
     }
 }
 
+#[derive(Debug, Serialize)]
+pub(crate) struct HashDetails {
+    lookup_pepper: String,
+    algorithms: Vec<&'static str>,
+}
+
 /// `GET /hash_details`.
 pub(crate) async fn hash_details(
     State(state): State<IdentityState>,
     _: TermsAccepted,
-) -> Result<Json<Value>, MatrixError> {
-    let pepper = state.index.refresh(&state).await?;
-    Ok(Json(
-        json!({ "lookup_pepper": pepper, "algorithms": algorithms(&state) }),
-    ))
+) -> Result<Json<HashDetails>, MatrixError> {
+    let lookup_pepper = state.index.refresh(&state).await?;
+    Ok(Json(HashDetails {
+        lookup_pepper,
+        algorithms: algorithms(&state),
+    }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct LookupResponse {
+    mappings: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,8 +405,8 @@ pub(crate) struct LookupRequest {
 pub(crate) async fn lookup(
     State(state): State<IdentityState>,
     _: TermsAccepted,
-    Json(request): Json<LookupRequest>,
-) -> Result<Json<Value>, MatrixError> {
+    Body(request): Body<LookupRequest>,
+) -> Result<Json<LookupResponse>, MatrixError> {
     if request.addresses.len() > state.config.max_lookup_addresses {
         return Err(MatrixError::new(
             StatusCode::BAD_REQUEST,
@@ -378,13 +436,13 @@ pub(crate) async fn lookup(
     } else {
         by_plaintext(&state.db, &request.addresses).await?
     };
-    Ok(Json(json!({ "mappings": mappings })))
+    Ok(Json(LookupResponse { mappings }))
 }
 
 fn invalid_pepper(algorithm: &str, pepper: &str) -> MatrixError {
     MatrixError::new(
         StatusCode::BAD_REQUEST,
-        ErrCode("M_INVALID_PEPPER"),
+        ErrCode::INVALID_PEPPER,
         "Unknown or invalid pepper: fetch /hash_details again",
     )
     .with("algorithm", algorithm)
@@ -408,7 +466,8 @@ async fn by_plaintext(
             continue;
         }
         let row = sqlx::query(
-            "SELECT mxid FROM identity_associations WHERE medium = $1 AND address = $2",
+            "SELECT mxid FROM identity_associations
+             WHERE medium = $1 AND (address = $2 OR lookup_alias = $2)",
         )
         .bind(medium)
         .bind(address)

@@ -8,19 +8,26 @@
 //! worker that dies mid-send leaves the row to be retried when the lease
 //! runs out.
 //!
-//! The callback is a POST, as Sydent sends it and as Synapse serves it
-//! (`On3pidBindServlet`, `REQUIRE_AUTH = False`), although the Server-Server
-//! API's OpenAPI says PUT.
+//! The callback is a POST, as the spec's prose says, Sydent sends it and
+//! Synapse and Dendrite serve it (`On3pidBindServlet`, `REQUIRE_AUTH =
+//! False`). The Server-Server API's OpenAPI says PUT, and ruma-based
+//! servers (Conduit, conduwuit, tuwunel) route only PUT: a 404 or 405 to
+//! one method is retried at once with the other, and the method that worked
+//! is remembered per destination ([`Methods`]). The shared federation
+//! client sends an unsigned body only by POST, so the PUT carries an
+//! X-Matrix signature, which the spec's unauthenticated endpoint ignores.
 
 use crate::IdentityState;
 use hearth_core::MatrixError;
 use hearth_core::ids::ServerName;
 use hearth_core::time::now_ms;
 use hearth_federation::FederationError;
+use http::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::Row;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -31,6 +38,84 @@ const BATCH: i64 = 32;
 /// woke us may commit a moment after it queued its row.
 const FAST_POLL: Duration = Duration::from_millis(100);
 const FAST_POLL_FOR: Duration = Duration::from_secs(2);
+
+/// Destinations known to take `onbind` only by PUT. Bounded: past
+/// [`Methods::MAX`] entries it starts afresh, costing one 404 or 405 each.
+#[derive(Debug, Default)]
+pub(crate) struct Methods(Mutex<HashMap<String, Method>>);
+
+impl Methods {
+    const MAX: usize = 10_000;
+
+    fn get(&self, destination: &ServerName) -> Method {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(destination.as_str())
+            .cloned()
+            .unwrap_or(Method::POST)
+    }
+
+    fn set(&self, destination: &ServerName, method: Method) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if method == Method::POST {
+            map.remove(destination.as_str());
+            return;
+        }
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(destination.as_str().to_owned(), method);
+    }
+}
+
+/// Sends one callback by `method`.
+async fn send(
+    state: &IdentityState,
+    destination: &ServerName,
+    method: &Method,
+    body: &Value,
+) -> Result<Value, FederationError> {
+    if method == Method::PUT {
+        state
+            .federation
+            .send_signed(destination, Method::PUT, ONBIND_PATH, Some(body))
+            .await
+    } else {
+        state
+            .federation
+            .post_json(destination, ONBIND_PATH, body)
+            .await
+    }
+}
+
+/// POST or PUT, whichever the destination is known to take; on 404 or
+/// 405 the other one at once, remembered if it works.
+async fn send_either(
+    state: &IdentityState,
+    destination: &ServerName,
+    body: &Value,
+) -> Result<Value, FederationError> {
+    let first = state.onbind_methods.get(destination);
+    let result = send(state, destination, &first, body).await;
+    let unrouted = matches!(
+        &result,
+        Err(FederationError::Status { status, .. })
+            if *status == StatusCode::NOT_FOUND || *status == StatusCode::METHOD_NOT_ALLOWED
+    );
+    if !unrouted {
+        return result;
+    }
+    let other = if first == Method::POST {
+        Method::PUT
+    } else {
+        Method::POST
+    };
+    let retried = send(state, destination, &other, body).await;
+    if matches!(retried, Ok(_) | Err(FederationError::NotJson { .. })) {
+        tracing::info!(%destination, method = %other, "onbind is taken by this method here");
+        state.onbind_methods.set(destination, other);
+    }
+    retried
+}
 
 /// How the worker paces itself. [`Default`] is what production uses; tests
 /// shorten it.
@@ -228,10 +313,7 @@ async fn deliver(
         tracing::error!(id = entry.id, "dropping an unreadable onbind outbox row");
         return delete(state, entry.id).await;
     };
-    let result = state
-        .federation
-        .post_json(&destination, ONBIND_PATH, &body)
-        .await;
+    let result = send_either(state, &destination, &body).await;
     match result {
         // A 2xx whose body is not JSON was still received.
         Ok(_) | Err(FederationError::NotJson { .. }) => {

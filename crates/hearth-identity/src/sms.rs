@@ -137,7 +137,7 @@ impl Sender {
     }
 
     /// Sends `text` to `msisdn` (E.164 digits without `+`) through
-    /// `outbound`. Failure is 500 `M_SEND_ERROR`.
+    /// `outbound`. Failure is 400 `M_SEND_ERROR`, as the spec lists it.
     pub(crate) async fn send(
         &self,
         outbound: &Outbound,
@@ -228,8 +228,8 @@ fn header_value(value: &str) -> Result<HeaderValue, MatrixError> {
 
 fn send_error() -> MatrixError {
     MatrixError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        ErrCode("M_SEND_ERROR"),
+        StatusCode::BAD_REQUEST,
+        ErrCode::SEND_ERROR,
         "The SMS could not be sent",
     )
 }

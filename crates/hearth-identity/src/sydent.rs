@@ -143,7 +143,7 @@ pub async fn import_sydent(db: &Database, sydent_db: &Path) -> Result<SydentImpo
         if written.rows_affected() == 0 {
             continue;
         }
-        lookup::record_change(&mut tx, &medium, &address, Some(&mxid))
+        lookup::record_change(&mut tx, &medium, &address, None, Some(&mxid))
             .await
             .map_err(|e| SydentError::Lookup(e.error))?;
         report.associations += 1;

@@ -8,15 +8,26 @@ use std::str::FromStr;
 pub(crate) const EMAIL: &str = "email";
 pub(crate) const MSISDN: &str = "msisdn";
 
-/// The canonical form of an email address: the whole address lower-cased
-/// (MSC2265), surrounding space removed. Lower-casing rather than full case
-/// folding (which turns `ß` into `ss`) matches what Element hashes.
-/// Rejects what cannot be an address.
-pub(crate) fn canonical_email(address: &str) -> Result<String, MatrixError> {
+/// An email address in the two forms lookups must find it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Email {
+    /// The canonical form the spec names (appendix "3PID Types"): Unicode
+    /// default case folding of the whole address, so `Strauß@Example.com`
+    /// is `strauss@example.com`. Stored, bound and mailed to.
+    pub(crate) canonical: String,
+    /// The lower-cased form, when it differs: what Element hashes
+    /// (`toLowerCase()`), bending the spec. Indexed for lookups beside the
+    /// canonical form so that both kinds of client find the binding.
+    pub(crate) lower: Option<String>,
+}
+
+/// Checks an email address and returns its forms (surrounding space
+/// removed). Rejects what cannot be an address: 400 `M_INVALID_EMAIL`.
+pub(crate) fn email(address: &str) -> Result<Email, MatrixError> {
     let invalid = || {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
-            ErrCode("M_INVALID_EMAIL"),
+            ErrCode::INVALID_EMAIL,
             "Invalid email address",
         )
     };
@@ -30,7 +41,26 @@ pub(crate) fn canonical_email(address: &str) -> Result<String, MatrixError> {
     {
         return Err(invalid());
     }
-    Ok(address.to_lowercase())
+    let canonical = case_fold(address);
+    let lower = address.to_lowercase();
+    Ok(Email {
+        lower: (lower != canonical).then_some(lower),
+        canonical,
+    })
+}
+
+/// The canonical form of an email address (see [`Email::canonical`]).
+pub(crate) fn canonical_email(address: &str) -> Result<String, MatrixError> {
+    email(address).map(|e| e.canonical)
+}
+
+/// Unicode default case folding; ASCII folds to lower case, cheaply.
+pub(crate) fn case_fold(s: &str) -> String {
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        caseless::default_case_fold_str(s)
+    }
 }
 
 /// A phone number in the two forms the API returns.
@@ -52,16 +82,21 @@ pub(crate) struct Msisdn {
 /// to be allocated: the metadata lags behind new ranges, and a wrong
 /// number costs one refused SMS (which the per-number limit bounds), while
 /// a refused real one locks its owner out.
-pub(crate) fn canonical_msisdn(country: &str, phone_number: &str) -> Result<Msisdn, MatrixError> {
+pub(crate) fn canonical_msisdn(
+    country: Option<&str>,
+    phone_number: &str,
+) -> Result<Msisdn, MatrixError> {
     let invalid = || {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
-            ErrCode("M_INVALID_ADDRESS"),
+            ErrCode::INVALID_ADDRESS,
             "Invalid phone number",
         )
     };
-    // An unknown country still lets a number given with its `+` through.
-    let country = phonenumber::country::Id::from_str(&country.trim().to_ascii_uppercase()).ok();
+    // An unknown or absent country still lets a number given with its `+`
+    // through (Element sends `"country": null`, citing matrix-doc#2222).
+    let country = country
+        .and_then(|c| phonenumber::country::Id::from_str(&c.trim().to_ascii_uppercase()).ok());
     let number = phonenumber::parse(country, phone_number.trim()).map_err(|_| invalid())?;
     let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
     let msisdn = e164.strip_prefix('+').unwrap_or(&e164).to_owned();
@@ -100,11 +135,24 @@ pub(crate) fn canonical(medium: &str, address: &str) -> Result<String, MatrixErr
 mod tests {
     use super::*;
 
+    /// Spec appendix "3PID Types": `Strauß@Example.com` is
+    /// `strauss@example.com`; Element's lower-cased form is kept beside it
+    /// only when it differs.
     #[test]
     fn emails_are_case_folded() {
         assert_eq!(
-            canonical_email(" Alice@Example.ORG ").unwrap(),
-            "alice@example.org"
+            email(" Alice@Example.ORG ").unwrap(),
+            Email {
+                canonical: "alice@example.org".to_owned(),
+                lower: None
+            }
+        );
+        assert_eq!(
+            email("Strauß@Example.com").unwrap(),
+            Email {
+                canonical: "strauss@example.com".to_owned(),
+                lower: Some("strauß@example.com".to_owned())
+            }
         );
         assert_eq!(
             canonical_email("ÉMILE@exemple.fr").unwrap(),
@@ -128,22 +176,34 @@ mod tests {
     /// become E.164 without `+` (spec appendix "3PID Types").
     #[test]
     fn phone_numbers_become_e164_digits() {
-        let gb = canonical_msisdn("GB", "07700 900123").unwrap();
+        let gb = canonical_msisdn(Some("GB"), "07700 900123").unwrap();
         assert_eq!(gb.msisdn, "447700900123");
         assert_eq!(gb.intl_fmt, "+44 7700 900123");
         assert_eq!(
-            canonical_msisdn("gb", "+44 (0)7700-900123").unwrap().msisdn,
+            canonical_msisdn(Some("gb"), "+44 (0)7700-900123")
+                .unwrap()
+                .msisdn,
             "447700900123"
         );
         // The country is a default: a `+` number stands on its own.
         assert_eq!(
-            canonical_msisdn("FR", "+1 650 253 0000").unwrap().msisdn,
+            canonical_msisdn(Some("FR"), "+1 650 253 0000")
+                .unwrap()
+                .msisdn,
             "16502530000"
         );
         assert_eq!(
-            canonical_msisdn("", "+33 6 12 34 56 78").unwrap().msisdn,
+            canonical_msisdn(Some(""), "+33 6 12 34 56 78")
+                .unwrap()
+                .msisdn,
             "33612345678"
         );
+        // Element's Settings → Discovery sends `"country": null`.
+        assert_eq!(
+            canonical_msisdn(None, "+447700900123").unwrap().msisdn,
+            "447700900123"
+        );
+        assert!(canonical_msisdn(None, "07700 900123").is_err());
         for (country, bad) in [
             ("GB", "12"),
             ("GB", "not a number"),
@@ -151,7 +211,7 @@ mod tests {
             ("GB", "+44 1234567890123456"),
             ("GB", ""),
         ] {
-            let e = canonical_msisdn(country, bad).unwrap_err();
+            let e = canonical_msisdn(Some(country), bad).unwrap_err();
             assert_eq!(e.errcode.0, "M_INVALID_ADDRESS", "{country} {bad}");
         }
         assert!(canonical("msisdn", &gb.msisdn).is_ok());

@@ -9,18 +9,24 @@
 //! - an invalid number is `M_INVALID_ADDRESS` (the spec's code), and a
 //!   limit is 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`.
 //!
-//! Send failures are 500 `M_EMAIL_SEND_ERROR` / `M_SEND_ERROR`, as Sydent
-//! answers, though the spec lists the codes under 400: they are the
-//! server's fault, and show up where operators watch for 5xx.
+//! Send failures are 400 `M_EMAIL_SEND_ERROR` / `M_SEND_ERROR`, as the
+//! spec lists them (Sydent answers 500). `send_attempt` is recorded only
+//! once a send succeeded, so a retry of a failed attempt sends again.
 //!
 //! A limit applies per address (`email.per_address_*`) and per number
 //! (`sms.per_number_*`) on what is actually sent; the per-client limit is
 //! the HTTP layer's. The limit is checked before the session is touched, so
 //! a limited request leaves `send_attempt` as it was and the client's retry
-//! of the same attempt sends once the limit allows. (Only two requests
-//! racing for the last token can bump a session that then sends nothing.)
+//! of the same attempt sends once the limit allows.
+//!
+//! Synapse's `account_threepid_delegates.msisdn` calls three v1 paths
+//! without a token (`requestMsisdnToken`, `proxy_msisdn_submit_token`,
+//! `threepid_from_creds` in Synapse's `handlers/identity.py`); with
+//! `sms.serve_synapse_delegation` they are served by the v2 handlers below,
+//! minus the token and terms, and no other v1 path is.
 
 use crate::email::Template;
+use crate::params::{self, FormOrJson};
 use crate::threepid::{self, EMAIL, MSISDN};
 use crate::{IdentityState, sessions};
 use axum::extract::rejection::QueryRejection;
@@ -28,19 +34,25 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use hearth_auth::TermsAccepted;
 use hearth_core::http::RateLimiter;
-use hearth_core::{Json, MatrixError};
+use hearth_core::{ErrCode, Json, MatrixError, Redacted};
 use http::{HeaderValue, StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EmailRequestToken {
-    client_secret: String,
-    email: String,
+    client_secret: Redacted<String>,
+    email: Redacted<String>,
+    #[serde(deserialize_with = "params::send_attempt")]
     send_attempt: i64,
     #[serde(default)]
     next_link: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct EmailRequestTokenResponse {
+    sid: String,
 }
 
 /// `POST /validate/email/requestToken`: starts (or resumes) a session and
@@ -48,45 +60,45 @@ pub(crate) struct EmailRequestToken {
 pub(crate) async fn email_request_token(
     State(state): State<IdentityState>,
     _: TermsAccepted,
-    Json(request): Json<EmailRequestToken>,
-) -> Result<Json<Value>, MatrixError> {
-    sessions::check_opaque_id("client_secret", &request.client_secret)?;
-    let email = threepid::canonical_email(&request.email)?;
-    crate::email::parse_address(&email)?;
+    FormOrJson(request): FormOrJson<EmailRequestToken>,
+) -> Result<Json<EmailRequestTokenResponse>, MatrixError> {
+    let client_secret = request.client_secret.expose();
+    sessions::check_opaque_id("client_secret", client_secret)?;
+    let email = threepid::email(request.email.expose())?;
+    crate::email::parse_address(&email.canonical)?;
     let next_link = check_next_link(request.next_link.as_deref())?;
     let started = Start {
-        medium: EMAIL,
-        address: &email,
-        client_secret: &request.client_secret,
+        threepid: sessions::ThreePid {
+            medium: EMAIL,
+            address: &email.canonical,
+            lookup_alias: email.lower.as_deref(),
+        },
+        client_secret,
         send_attempt: request.send_attempt,
         next_link,
     };
-    let (state, email) = (&state, &email);
+    let (state, to) = (&state, &email.canonical);
     let session = start(
         state,
         started,
         state.mailer.per_address(),
         |session, token| {
-            let link = submit_link(state, EMAIL, session, &token);
+            let link = submit_link(state, EMAIL, session, client_secret, &token);
             let context = json!({ "token": token, "link": link });
             async move {
-                state
-                    .mailer
-                    .send(Template::Validation, email, context)
-                    .await?;
+                state.mailer.send(Template::Validation, to, context).await?;
                 tracing::info!("validation mail sent");
                 Ok(())
             }
         },
     )
     .await?;
-    Ok(Json(json!({ "sid": session.sid })))
+    Ok(Json(EmailRequestTokenResponse { sid: session.sid }))
 }
 
 /// What a `requestToken` asks for, once checked.
 struct Start<'a> {
-    medium: &'static str,
-    address: &'a str,
+    threepid: sessions::ThreePid<'a>,
     client_secret: &'a str,
     send_attempt: i64,
     next_link: Option<&'a str>,
@@ -94,7 +106,7 @@ struct Start<'a> {
 
 /// What both media share: the address's limit, the session, and sending
 /// (through `send`, given the session and its token) only when
-/// `send_attempt` is new.
+/// `send_attempt` is new; the attempt is recorded once `send` succeeded.
 async fn start<'a, F, Fut>(
     state: &IdentityState,
     request: Start<'a>,
@@ -105,11 +117,11 @@ where
     F: FnOnce(&sessions::Session, String) -> Fut,
     Fut: Future<Output = Result<(), MatrixError>>,
 {
-    ready(limiter, request.address)?;
+    let address = request.threepid.address;
+    ready(limiter, address)?;
     let requested = sessions::request(
         &state.db,
-        request.medium,
-        request.address,
+        request.threepid,
         request.client_secret,
         request.send_attempt,
         request.next_link,
@@ -118,42 +130,82 @@ where
     .await?;
     let session = requested.session;
     if requested.send {
-        take(limiter, request.address)?;
+        take(limiter, address)?;
         let token = sessions::token(&state.signing_key, &session);
         send(&session, token).await?;
+        sessions::record_sent(
+            &state.db,
+            &session.sid,
+            request.send_attempt,
+            request.next_link,
+        )
+        .await?;
     }
     Ok(session)
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct MsisdnRequestToken {
-    client_secret: String,
-    country: String,
-    phone_number: String,
+    client_secret: Redacted<String>,
+    /// Element sends `null` (matrix-doc#2222); a number with its `+` then
+    /// stands alone.
+    #[serde(default)]
+    country: Option<String>,
+    phone_number: Redacted<String>,
+    #[serde(deserialize_with = "params::send_attempt")]
     send_attempt: i64,
     #[serde(default)]
     next_link: Option<String>,
 }
 
+/// `sid` plus, as Sydent answers, the number as stored (`msisdn`) and as
+/// people write it (`intl_fmt`).
+#[derive(Serialize)]
+pub(crate) struct MsisdnRequestTokenResponse {
+    sid: String,
+    msisdn: String,
+    intl_fmt: String,
+}
+
 /// `POST /validate/msisdn/requestToken`: as for email, with a six-digit
-/// code by SMS. Answers `sid` plus, as Sydent does, the number as stored
-/// (`msisdn`) and as people write it (`intl_fmt`).
+/// code by SMS.
 pub(crate) async fn msisdn_request_token(
     State(state): State<IdentityState>,
     _: TermsAccepted,
-    Json(request): Json<MsisdnRequestToken>,
-) -> Result<Json<Value>, MatrixError> {
-    sessions::check_opaque_id("client_secret", &request.client_secret)?;
-    let number = threepid::canonical_msisdn(&request.country, &request.phone_number)?;
+    FormOrJson(request): FormOrJson<MsisdnRequestToken>,
+) -> Result<Json<MsisdnRequestTokenResponse>, MatrixError> {
+    msisdn_start(&state, request).await.map(Json)
+}
+
+/// `POST /_matrix/identity/api/v1/validate/msisdn/requestToken`, for
+/// Synapse's msisdn delegation, which sends no token.
+pub(crate) async fn v1_msisdn_request_token(
+    State(state): State<IdentityState>,
+    FormOrJson(request): FormOrJson<MsisdnRequestToken>,
+) -> Result<Json<MsisdnRequestTokenResponse>, MatrixError> {
+    msisdn_start(&state, request).await.map(Json)
+}
+
+async fn msisdn_start(
+    state: &IdentityState,
+    request: MsisdnRequestToken,
+) -> Result<MsisdnRequestTokenResponse, MatrixError> {
+    let client_secret = request.client_secret.expose();
+    sessions::check_opaque_id("client_secret", client_secret)?;
+    let number =
+        threepid::canonical_msisdn(request.country.as_deref(), request.phone_number.expose())?;
     let next_link = check_next_link(request.next_link.as_deref())?;
     let started = Start {
-        medium: MSISDN,
-        address: &number.msisdn,
-        client_secret: &request.client_secret,
+        threepid: sessions::ThreePid {
+            medium: MSISDN,
+            address: &number.msisdn,
+            lookup_alias: None,
+        },
+        client_secret,
         send_attempt: request.send_attempt,
         next_link,
     };
-    let session = start(&state, started, state.sms.per_number(), |_, token| {
+    let session = start(state, started, state.sms.per_number(), |_, token| {
         let text = state
             .mailer
             .templates()
@@ -168,18 +220,23 @@ pub(crate) async fn msisdn_request_token(
         }
     })
     .await?;
-    Ok(Json(json!({
-        "sid": session.sid,
-        "msisdn": number.msisdn,
-        "intl_fmt": number.intl_fmt,
-    })))
+    Ok(MsisdnRequestTokenResponse {
+        sid: session.sid,
+        msisdn: number.msisdn,
+        intl_fmt: number.intl_fmt,
+    })
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct SubmitToken {
     sid: String,
-    client_secret: String,
-    token: String,
+    client_secret: Redacted<String>,
+    token: Redacted<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct SubmitTokenResponse {
+    success: bool,
 }
 
 /// `POST /validate/{email,msisdn}/submitToken`: the client relays the code
@@ -187,18 +244,27 @@ pub(crate) struct SubmitToken {
 pub(crate) async fn submit_token_post(
     State(state): State<IdentityState>,
     _: TermsAccepted,
-    Json(request): Json<SubmitToken>,
-) -> Result<Json<Value>, MatrixError> {
+    FormOrJson(request): FormOrJson<SubmitToken>,
+) -> Result<Json<SubmitTokenResponse>, MatrixError> {
+    v1_submit_token(State(state), FormOrJson(request)).await
+}
+
+/// `POST /_matrix/identity/api/v1/validate/msisdn/submitToken`, for
+/// Synapse's msisdn delegation (no token), and the v2 handler's body.
+pub(crate) async fn v1_submit_token(
+    State(state): State<IdentityState>,
+    FormOrJson(request): FormOrJson<SubmitToken>,
+) -> Result<Json<SubmitTokenResponse>, MatrixError> {
     let session = submit(&state, &request).await?;
     tracing::info!(sid = %session.sid, medium = %session.medium, "3PID validated");
-    Ok(Json(json!({ "success": true })))
+    Ok(Json(SubmitTokenResponse { success: true }))
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct SubmitTokenQuery {
     sid: Option<String>,
-    client_secret: Option<String>,
-    token: Option<String>,
+    client_secret: Option<Redacted<String>>,
+    token: Option<Redacted<String>>,
 }
 
 /// `GET /validate/{email,msisdn}/submitToken`: the link in the mail, opened
@@ -231,16 +297,16 @@ pub(crate) async fn submit_token_get(
     let session = match submit(&state, &request).await {
         Ok(session) => session,
         Err(e) => {
-            let (status, reason) = match e.errcode.0 {
-                "M_TOKEN_INCORRECT" => (
+            let (status, reason) = match e.errcode {
+                ErrCode::TOKEN_INCORRECT => (
                     StatusCode::BAD_REQUEST,
                     "The code in the link is not right. Open the link from the most recent message.",
                 ),
-                "M_SESSION_EXPIRED" => (
+                ErrCode::SESSION_EXPIRED => (
                     StatusCode::BAD_REQUEST,
                     "The link has expired. Go back to your app and ask for a new one.",
                 ),
-                "M_NO_VALID_SESSION" | "M_INVALID_PARAM" => (
+                ErrCode::NO_VALID_SESSION | ErrCode::INVALID_PARAM => (
                     StatusCode::BAD_REQUEST,
                     "The link is not valid. Open the link from the most recent message, or ask your app for a new one.",
                 ),
@@ -282,13 +348,13 @@ async fn submit(
     request: &SubmitToken,
 ) -> Result<sessions::Session, MatrixError> {
     sessions::check_opaque_id("sid", &request.sid)?;
-    sessions::check_opaque_id("client_secret", &request.client_secret)?;
+    sessions::check_opaque_id("client_secret", request.client_secret.expose())?;
     sessions::submit(
         &state.db,
         &state.signing_key,
         &request.sid,
-        &request.client_secret,
-        &request.token,
+        request.client_secret.expose(),
+        request.token.expose(),
         state.config.session_lifetime.as_millis_i64(),
     )
     .await
@@ -316,11 +382,12 @@ fn submit_link(
     state: &IdentityState,
     medium: &str,
     session: &sessions::Session,
+    client_secret: &str,
     token: &str,
 ) -> String {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("sid", &session.sid)
-        .append_pair("client_secret", &session.client_secret)
+        .append_pair("client_secret", client_secret)
         .append_pair("token", token)
         .finish();
     format!(
@@ -408,6 +475,29 @@ mod tests {
         let wait = e.extra["retry_after_ms"].as_u64().unwrap();
         assert!((299_000..=300_000).contains(&wait), "{wait}");
         take(&limiter, "b").unwrap();
+    }
+
+    /// Issue 6 item 8: secrets and 3PIDs in requests never show in
+    /// `Debug` (and so in any log field).
+    #[test]
+    fn requests_redact_secrets_and_3pids() {
+        let email: EmailRequestToken = crate::params::parse(json!({
+            "client_secret": "s3cret-cs", "email": "who@example.org", "send_attempt": "1",
+        }))
+        .unwrap();
+        let msisdn: MsisdnRequestToken = crate::params::parse(json!({
+            "client_secret": "s3cret-cs", "country": null, "phone_number": "+447700900123",
+            "send_attempt": 1,
+        }))
+        .unwrap();
+        let submit: SubmitToken = crate::params::parse(json!({
+            "sid": "1", "client_secret": "s3cret-cs", "token": "t0ken-value",
+        }))
+        .unwrap();
+        let shown = format!("{email:?} {msisdn:?} {submit:?}");
+        for secret in ["s3cret-cs", "who@example.org", "7700900123", "t0ken-value"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

@@ -14,9 +14,10 @@ mod common;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use common::{Mail, SmtpCapture};
 use hearth_core::config::Duration as ConfigDuration;
+use hearth_core::http::percent_encode;
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyVersion, SigningKey, VerifyKey};
 use hearth_core::signed_json::verify_json;
@@ -82,6 +83,11 @@ on_both_backends!(
     onbind_outbox_survives_a_restart,
     onbind_is_dropped_after_the_retry_window,
     concurrent_workers_deliver_each_callback_once,
+    store_invite_limits_are_atomic_and_configurable,
+    invite_mails_are_capped_per_recipient,
+    invite_template_receives_every_field,
+    onbind_falls_back_to_put_and_remembers_it,
+    store_invite_knows_bindings_stored_before_case_folding,
 );
 
 struct Backend {
@@ -122,6 +128,8 @@ struct Homeserver {
 }
 
 struct HsInner {
+    /// POSTs to `onbind` refused with 405, as by a PUT-only ruma server.
+    post_refusals: AtomicUsize,
     is_key: VerifyKey,
     is_key_id: String,
     failures_left: AtomicUsize,
@@ -130,16 +138,24 @@ struct HsInner {
 }
 
 impl Homeserver {
-    async fn start(is_key: &SigningKey) -> Self {
+    /// `put_only`: `onbind` is routed for PUT only, as ruma-based servers
+    /// (Conduit, conduwuit, tuwunel) route it after the OpenAPI.
+    async fn start(is_key: &SigningKey, put_only: bool) -> Self {
         let inner = Arc::new(HsInner {
+            post_refusals: AtomicUsize::new(0),
             is_key: is_key.verify_key(),
             is_key_id: is_key.key_id(),
             failures_left: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         });
+        let onbind_route = if put_only {
+            put(onbind).post(refuse_post)
+        } else {
+            post(onbind)
+        };
         let app = Router::new()
             .route("/_matrix/federation/v1/openid/userinfo", get(userinfo))
-            .route("/_matrix/federation/v1/3pid/onbind", post(onbind))
+            .route("/_matrix/federation/v1/3pid/onbind", onbind_route)
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -187,6 +203,11 @@ async fn userinfo(Query(query): Query<HashMap<String, String>>) -> axum::respons
         Some(token) => axum::Json(json!({ "sub": format!("@{token}:{HS_NAME}") })).into_response(),
         None => StatusCode::UNAUTHORIZED.into_response(),
     }
+}
+
+async fn refuse_post(State(hs): State<Arc<HsInner>>) -> StatusCode {
+    hs.post_refusals.fetch_add(1, Ordering::SeqCst);
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 async fn onbind(
@@ -291,8 +312,15 @@ struct Env {
     smtp: Arc<SmtpCapture>,
 }
 
+/// A change to the test config.
+type Configure = Box<dyn Fn(&mut hearth_identity::Config)>;
+
 #[derive(Default)]
 struct Options {
+    /// Changes to the config, after the others.
+    configure: Option<Configure>,
+    /// The homeserver takes `onbind` by PUT only.
+    onbind_put_only: bool,
     web_client_location: Option<String>,
     onbind_retry_for: Option<ConfigDuration>,
     /// Leave SMTP at `common::test_config`'s closed port.
@@ -320,6 +348,9 @@ fn build(db: Database, hs: &Homeserver, smtp: &SmtpCapture, options: &Options) -
     if let Some(retry_for) = options.onbind_retry_for {
         config.invites.onbind_retry_for = retry_for;
     }
+    if let Some(configure) = &options.configure {
+        configure(&mut config);
+    }
     let federation = FederationClient::new(
         &FederationConfig {
             overrides: BTreeMap::from([(
@@ -343,7 +374,7 @@ fn build(db: Database, hs: &Homeserver, smtp: &SmtpCapture, options: &Options) -
 
 async fn env(db: Database, options: Options) -> Env {
     let key = is_key();
-    let hs = Homeserver::start(&key).await;
+    let hs = Homeserver::start(&key, options.onbind_put_only).await;
     let smtp = Arc::new(SmtpCapture::start().await);
     let state = build(db, &hs, &smtp, &options);
     Env {
@@ -802,7 +833,8 @@ async fn store_invite_refuses_what_the_spec_and_sydent_refuse(backend: Backend) 
     incomplete.as_object_mut().unwrap().remove("room_id");
     let (status, body) = env.store_invite(&alice, incomplete).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["errcode"], "M_BAD_JSON");
+    // Spec "Standard error response": a missing parameter.
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
 
     let (status, body) = env
         .call(
@@ -883,7 +915,8 @@ async fn store_invite_takes_back_an_invite_whose_mail_failed(backend: Backend) {
     let (status, body) = env
         .store_invite(&alice, invite_body(&unique_address("unreachable"), "books"))
         .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    // Spec `requestToken` lists `M_EMAIL_SEND_ERROR` under 400.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_EMAIL_SEND_ERROR");
     assert_eq!(env.count("identity_invites").await, 0);
     assert_eq!(env.count("identity_ephemeral_keys").await, 0);
@@ -951,7 +984,7 @@ async fn invite_mail_links_only_to_the_configured_client_and_signing_works(backe
     assert_eq!(params["inviter_name"], "Alice");
     let sign_url = &params["signurl"];
     assert!(
-        sign_url.starts_with("https://is.test/_matrix/identity/v2/sign-ed25519?"),
+        sign_url.starts_with("https://is.test/_hearth/identity/v1/sign-ed25519?"),
         "{sign_url}"
     );
     let sign = query_params(sign_url);
@@ -983,13 +1016,48 @@ async fn invite_mail_links_only_to_the_configured_client_and_signing_works(backe
     // Not with the long-term key.
     assert!(verify_json(&signed, IS_NAME, [(key_id.as_str(), &env.key.verify_key())]).is_err());
 
-    // The signurl itself, as a client POSTs it with only `mxid` in the body.
+    // The signurl itself, as matrix-js-sdk's `joinRoom(room, {inviteSignUrl})`
+    // POSTs it: `mxid` added to the query, no body, no token (decision 0006).
     let path = sign_url.strip_prefix("https://is.test").unwrap();
-    let (status, again) = env
-        .call(Method::POST, path, Some(&bob), Some(json!({"mxid": BOB})))
-        .await;
+    let mailed = format!("{path}&mxid={}", percent_encode(BOB));
+    let (status, again) = env.call(Method::POST, &mailed, None, None).await;
     assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["mxid"], BOB);
+    assert_eq!(again["sender"], ALICE);
+    assert_eq!(again["token"], token);
     verify_json(&again, IS_NAME, [(key_id.as_str(), &ephemeral)]).unwrap();
+
+    // Only with the private key handed out with this invite: the token is
+    // public (the state key of `m.room.third_party_invite`).
+    let other_key = hearth_core::base64::encode_url_safe([7u8; 32]);
+    let forged = format!(
+        "/_hearth/identity/v1/sign-ed25519?token={}&private_key={other_key}&mxid={}",
+        percent_encode(token),
+        percent_encode(BOB)
+    );
+    let (status, body) = env.call(Method::POST, &forged, None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    let (status, body) = env.call(Method::POST, path, None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
+
+    // v2 `/sign-ed25519` stays as the spec has it: the query is not read,
+    // the body must hold all three.
+    let (status, body) = env
+        .call(
+            Method::POST,
+            &format!(
+                "{BASE}/sign-ed25519?token={}&private_key={}",
+                percent_encode(token),
+                percent_encode(private_key)
+            ),
+            Some(&bob),
+            Some(json!({"mxid": BOB})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_PARAMS");
 
     // Signing needs the terms like every authenticated endpoint.
     let (status, body) = env
@@ -1205,6 +1273,12 @@ async fn onbind_outbox_survives_a_restart(backend: Backend) {
     first.bind(&bob, BOB, &address).await;
     let worker = Worker::start(&first.state);
     first.hs.wait_for_requests(1).await;
+    // The worker records the failure a moment after the homeserver saw it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.outbox_rows().await.iter().all(|row| row.1 == 0) {
+        assert!(Instant::now() < deadline, "the failure is never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     worker.stop().await;
     let rows = first.outbox_rows().await;
     assert_eq!(rows.len(), 1);
@@ -1310,4 +1384,275 @@ async fn concurrent_workers_deliver_each_callback_once(backend: Backend) {
     let mut expected: Vec<String> = users.iter().map(|u| format!("@{u}:hs.test")).collect();
     expected.sort();
     assert_eq!(mxids, expected, "each callback exactly once");
+}
+
+/// `n` store-invites at once, each by `token` for `body(i)`: the statuses.
+async fn store_invites_at_once(
+    env: &Env,
+    token: &str,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<StatusCode> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let app = env.app.clone();
+        let (token, body) = (token.to_owned(), body(i));
+        set.spawn(async move {
+            call(
+                &app,
+                Method::POST,
+                &format!("{BASE}/store-invite"),
+                Some(&token),
+                Some(body),
+            )
+            .await
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (status, body) = done.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status} {body}"
+        );
+        statuses.push(status);
+    }
+    statuses
+}
+
+/// Issue 10 item 2 and issue 11 item 11: the per-sender cap is read from
+/// `invites.per_sender_limit`, and counting and storing are one step, so
+/// 50 simultaneous invites let exactly the cap through, each with a mail.
+async fn store_invite_limits_are_atomic_and_configurable(backend: Backend) {
+    let env = env(
+        backend.db,
+        Options {
+            configure: Some(Box::new(|c| {
+                c.invites.per_sender_limit = 12;
+                c.invites.per_recipient_limit = 0;
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = env.user("alice").await;
+    let statuses = store_invites_at_once(&env, &alice, 50, |i| {
+        invite_body(&format!("busy{i}.{}@example.org", rand_u32()), "busy")
+    })
+    .await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(accepted, 12, "{statuses:?}");
+    assert_eq!(env.count("identity_invites").await, 12);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = env
+        .smtp
+        .mails()
+        .iter()
+        .filter(|m| m.header("to").is_some_and(|to| to.contains("busy")))
+        .count();
+    assert_eq!(mails, 12, "one mail per accepted invite");
+}
+
+/// Issue 10 item 2: invite mails to one address are capped
+/// (`invites.per_recipient_limit`), like validation mails, and the cap
+/// holds under 50 simultaneous invites.
+async fn invite_mails_are_capped_per_recipient(backend: Backend) {
+    let env = env(
+        backend.db,
+        Options {
+            configure: Some(Box::new(|c| c.invites.per_sender_limit = 0)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = env.user("alice").await;
+    let address = unique_address("popular");
+    let statuses = store_invites_at_once(&env, &alice, 50, |i| {
+        invite_body(&address, &format!("r{i}"))
+    })
+    .await;
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(accepted, 5, "the default cap: {statuses:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.mails_to(&address).len(), 5);
+    // Another address is not affected.
+    let (status, body) = env
+        .store_invite(&alice, invite_body(&unique_address("quiet"), "r0"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Issue 10 item 9 (spec: the identity server "generates an email
+/// containing all of this data"): every field of the store-invite request,
+/// extra keys included, and the token, the ephemeral private key and the
+/// signing URL reach the invite template. The default template names the
+/// inviter, the room, its kind and its join rule.
+async fn invite_template_receives_every_field(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let fields = [
+        "medium",
+        "address",
+        "room_id",
+        "sender",
+        "room_alias",
+        "room_avatar_url",
+        "room_join_rules",
+        "room_name",
+        "room_type",
+        "sender_display_name",
+        "sender_avatar_url",
+        "org.matrix.web_client_location",
+    ];
+    let mut template = String::new();
+    for field in fields {
+        template.push_str(&format!("{field}={{{{ request[\"{field}\"] }}}}\n"));
+    }
+    for field in [
+        "room_name",
+        "sender_avatar_url",
+        "inviter_name",
+        "room_avatar",
+        "token",
+        "ephemeral_private_key",
+        "sign_url",
+        "invite_link",
+    ] {
+        template.push_str(&format!("top.{field}={{{{ {field} }}}}\n"));
+    }
+    template.push_str("extra={{ some_future_key.nested }}\n");
+    std::fs::write(dir.path().join("invite.txt"), template).unwrap();
+    let path = dir.path().to_owned();
+    let env = env(
+        backend.db,
+        Options {
+            configure: Some(Box::new(move |c| {
+                c.email.templates_dir = Some(path.clone());
+                c.invites.web_client_location = Some("https://chat.example.org".to_owned());
+            })),
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = env.user("alice").await;
+    let address = unique_address("templated");
+    let mut body = invite_body(&address, "books");
+    body["room_type"] = json!("m.space");
+    body["room_join_rules"] = json!("public");
+    body["org.matrix.web_client_location"] = json!("https://chat.example.org/beta");
+    let (status, stored) = env.store_invite(&alice, body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let mail = env.wait_for_mail(&address).await;
+    let printed: HashMap<&str, &str> = mail
+        .text()
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    for field in fields {
+        let expected = body[field].as_str().unwrap();
+        assert_eq!(
+            printed.get(field),
+            Some(&expected),
+            "{field}: {}",
+            mail.text()
+        );
+    }
+    assert_eq!(printed["top.room_name"], "The books room");
+    assert_eq!(printed["top.sender_avatar_url"], "mxc://hs.test/alice");
+    assert_eq!(printed["top.inviter_name"], "Alice");
+    assert_eq!(printed["top.room_avatar"], "mxc://hs.test/avatar");
+    assert_eq!(printed["top.token"], stored["token"].as_str().unwrap());
+    // Jinja prints booleans its own way.
+    assert_eq!(printed["extra"], "True");
+    // The mailed private key is the ephemeral key's.
+    let seed = hearth_core::base64::decode(
+        &printed["top.ephemeral_private_key"]
+            .replace('-', "+")
+            .replace('_', "/"),
+    )
+    .unwrap();
+    let key = SigningKey::from_seed(KeyVersion::parse("0").unwrap(), seed.try_into().unwrap());
+    assert_eq!(
+        key.public_key_base64(),
+        stored["public_keys"][1]["public_key"].as_str().unwrap()
+    );
+    let sign = query_params(printed["top.sign_url"]);
+    assert_eq!(sign["token"], stored["token"].as_str().unwrap());
+    assert!(printed["top.invite_link"].contains("signurl="));
+
+    // The built-in HTML template (not overridden) uses them.
+    let html = mail.html();
+    for expected in [
+        "Alice",
+        ALICE,
+        "The books room",
+        "space",
+        "public",
+        "signurl",
+    ] {
+        assert!(html.contains(expected), "{expected}: {html}");
+    }
+}
+
+/// Issue 11 item 4: the Server-Server API's OpenAPI says `PUT
+/// /3pid/onbind` and ruma-based servers route only PUT, while the prose,
+/// Sydent and Synapse use POST. Against a PUT-only receiver the callback is
+/// POSTed, refused with 405, sent again at once by PUT, and the next one
+/// to that server goes straight by PUT.
+async fn onbind_falls_back_to_put_and_remembers_it(backend: Backend) {
+    let env = env(
+        backend.db,
+        Options {
+            onbind_put_only: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = env.user("alice").await;
+    let bob = env.user("bob").await;
+    let worker = Worker::start(&env.state);
+    for (n, name) in ["first", "second"].into_iter().enumerate() {
+        let address = unique_address(name);
+        let (status, body) = env.store_invite(&alice, invite_body(&address, name)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        env.bind(&bob, BOB, &address).await;
+        let requests = env.hs.wait_for_requests(n + 1).await;
+        let (body, check) = &requests[n];
+        check.as_ref().expect("the PUT body is the onbind body");
+        assert_eq!(body["address"], address);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.outbox_rows().await.is_empty() {
+        assert!(Instant::now() < deadline, "a delivered row stays queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+    assert_eq!(
+        env.hs.inner.post_refusals.load(Ordering::SeqCst),
+        1,
+        "only the first callback tried POST"
+    );
+    assert_eq!(env.hs.requests().len(), 2);
+}
+
+/// Issue 11 item 10: bindings made before addresses were case-folded are
+/// stored lower-cased (`strauß@…`, not `strauss@…`). An invite to that
+/// address in any case is still `M_THREEPID_IN_USE` with the bound `mxid`
+/// (spec `/store-invite`), not a second, mailed invite.
+async fn store_invite_knows_bindings_stored_before_case_folding(backend: Backend) {
+    let env = env(backend.db, Options::default()).await;
+    let alice = env.user("alice").await;
+    sqlx::query(
+        "INSERT INTO identity_associations (medium, address, mxid, ts, not_before, not_after)
+         VALUES ('email', 'old.strauß@example.org', $1, 1, 1, 2)",
+    )
+    .bind(BOB)
+    .execute(env.state.db.pool())
+    .await
+    .unwrap();
+    let (status, body) = env
+        .store_invite(&alice, invite_body("Old.Strauß@Example.org", "books"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_THREEPID_IN_USE");
+    assert_eq!(body["mxid"], BOB);
 }

@@ -619,3 +619,64 @@ async fn validating_without_binding_maps_nothing() {
         );
     }
 }
+
+/// Issue 11 item 10. The spec (appendix "3PID Types") case-folds email
+/// addresses, so `Strauß@Example.com` is `strauss@example.com`, and that
+/// canonical form is what is stored; Element hashes `toLowerCase()`
+/// (`strauß@example.com`). A binding is found by both, on this instance
+/// and on another one sharing the database, while the address as typed is
+/// not (lookups are case-sensitive). When the same canonical address is
+/// bound again from its ASCII spelling, the old lower-cased form stops
+/// matching; an unbind removes every form.
+#[tokio::test]
+async fn non_ascii_addresses_are_found_hashed_both_ways() {
+    for (db, dir) in backends().await {
+        let (h, smtp) = smtp_harness(db.clone(), dir, |_| {}).await;
+        let alice = h.user("alice").await;
+        let bob = h.user("bob").await;
+        let sid = bind_email(&h, &smtp, &alice, ALICE, "Strauß@Example.com", "cf1").await;
+        let stored = h
+            .get(
+                &format!("/3pid/getValidated3pid?sid={sid}&client_secret=cf1"),
+                Some(&alice),
+            )
+            .await
+            .json();
+        assert_eq!(stored["address"], "strauss@example.com");
+        assert_eq!(
+            smtp.mails()[0].header("X-RcptTo"),
+            Some("strauss@example.com")
+        );
+
+        let forms = [
+            ("strauss@example.com", "email"),
+            ("strauß@example.com", "email"),
+            ("Strauß@Example.com", "email"),
+        ];
+        let found = lookup_mxids(&h, &bob, &forms).await;
+        let alice_id = Some(ALICE.to_owned());
+        assert_eq!(found, [alice_id.clone(), alice_id.clone(), None]);
+
+        // Another instance builds its index from the database.
+        let other = Harness::start(db.clone(), None, test_config()).await;
+        let carol = other.user("carol").await;
+        assert_eq!(
+            lookup_mxids(&other, &carol, &forms).await,
+            [alice_id.clone(), alice_id, None]
+        );
+
+        // Bob binds the same canonical address, typed in ASCII.
+        bind_email(&h, &smtp, &bob, BOB, "strauss@example.com", "cf2").await;
+        let bob_id = Some(BOB.to_owned());
+        assert_eq!(
+            lookup_mxids(&h, &bob, &forms[..2]).await,
+            [bob_id.clone(), None]
+        );
+        // The other instance follows within a second.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(
+            lookup_mxids(&other, &carol, &forms[..2]).await,
+            [bob_id, None]
+        );
+    }
+}

@@ -466,3 +466,41 @@ async fn xmatrix_for_the_public_base_url_host_unbinds() {
         assert_eq!(bound_to(&db, "alice@example.org").await, None);
     }
 }
+
+/// Hardening (issue 10 item 3): `/3pid/unbind` takes no token, so what
+/// fetching the origin's keys runs into (DNS, the address guard, another
+/// server's status and body) must not come back to the caller: one generic
+/// 403 `M_FORBIDDEN`, whatever the cause, naming neither the host nor the
+/// failure.
+#[tokio::test]
+async fn key_fetch_failures_do_not_reach_the_caller() {
+    for (db, dir) in backends().await {
+        let env = env(db, dir).await;
+        let key = SigningKey::from_seed(KeyVersion::parse("k1").unwrap(), [9; 32]);
+        let mut answers = Vec::new();
+        // No DNS for this origin; and one whose key server answers 404.
+        for origin in ["internal-db.corp.test", "other.test"] {
+            let content = json!({
+                "mxid": format!("@alice:{origin}"),
+                "threepid": {"medium": "email", "address": "a@example.org"},
+            });
+            let header = synapse_header(&key, origin, &content);
+            let response = unbind(&env.h, &content, Some(&header)).await;
+            assert_forbidden(&response);
+            let text = response.text();
+            for leak in [
+                "corp",
+                "DNS",
+                "dns",
+                "other.test",
+                "404",
+                "resolve",
+                "answered",
+            ] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            answers.push(response.json());
+        }
+        assert_eq!(answers[0], answers[1], "one generic error");
+    }
+}

@@ -366,7 +366,8 @@ async fn invalid_requests_are_rejected() {
                 json!({"client_secret": "sec", "email": "f@example.org"}),
             )
             .await;
-        assert_eq!(r.errcode(), "M_BAD_JSON");
+        // Spec "Standard error response": a missing parameter.
+        assert_eq!(r.errcode(), "M_MISSING_PARAMS");
         // The first mail of this test is the next valid request's.
         sid_of(&request_email(&h, &alice, "f@example.org", "sec", 1, None).await);
         let mails = smtp.wait_for(1).await;
@@ -402,8 +403,8 @@ async fn mails_are_rate_limited_per_address() {
     }
 }
 
-/// An SMTP server that cannot be reached is 500 `M_EMAIL_SEND_ERROR`
-/// (Sydent's status; the spec lists the code under 400).
+/// An SMTP server that cannot be reached is 400 `M_EMAIL_SEND_ERROR`, as
+/// the spec's `requestToken` lists it (Sydent answers 500).
 #[tokio::test]
 async fn unreachable_smtp_is_an_email_send_error() {
     for (db, dir) in backends().await {
@@ -411,7 +412,7 @@ async fn unreachable_smtp_is_an_email_send_error() {
         let h = Harness::start(db, dir, test_config()).await;
         let alice = h.user("alice").await;
         let r = request_email(&h, &alice, "ivan@example.org", "sec", 1, None).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
         assert_eq!(r.errcode(), "M_EMAIL_SEND_ERROR");
     }
 }
@@ -562,7 +563,8 @@ async fn msisdn_http_gateway_receives_json() {
         let guarded = Harness::start(db.clone(), None, config.clone()).await;
         let bob = guarded.user("bob").await;
         let r = request_msisdn(&guarded, &bob, "US", "(650) 253-0001", "sec", 1).await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.text());
+        // Spec msisdn `requestToken`: `M_SEND_ERROR` is a 400.
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
         assert_eq!(r.errcode(), "M_SEND_ERROR");
         assert!(gateway.received.lock().unwrap().is_empty());
 
@@ -590,7 +592,7 @@ async fn msisdn_http_gateway_receives_json() {
 
         gateway.status.store(503, Ordering::SeqCst);
         let failed = request_msisdn(&h, &alice, "US", "(650) 253-0000", "sec", 2).await;
-        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.status, StatusCode::BAD_REQUEST);
         assert_eq!(failed.errcode(), "M_SEND_ERROR");
 
         gateway.status.store(200, Ordering::SeqCst);
@@ -646,5 +648,370 @@ async fn bind_after_validation_returns_a_signed_association() {
         let mut forged = association.clone();
         forged["mxid"] = json!("@mallory:hs.test");
         assert!(verify_json(&forged, "is.test", [(key_id.as_str(), &key)]).is_err());
+    }
+}
+
+/// A `application/x-www-form-urlencoded` POST, as the spec still allows
+/// (deprecated) on `requestToken`, `submitToken` and `/3pid/bind`.
+async fn post_form(h: &Harness, path: &str, token: &str, fields: &[(&str, &str)]) -> TestResponse {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    h.send(
+        http::Request::post(format!("/_matrix/identity/v2{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Issue 11 items 1 and 9. matrix-js-sdk 43's `requestEmailToken` (Element's
+/// Settings → Discovery) sends `"send_attempt": "1"`, a string, which
+/// Sydent accepts; and the spec still allows form-urlencoded bodies on
+/// `requestToken`, `submitToken` and `/3pid/bind`. The whole flow works
+/// both ways, and `send_attempt` keeps its meaning across them.
+#[tokio::test]
+async fn element_send_attempt_string_and_form_bodies() {
+    for (db, dir) in backends().await {
+        let (h, smtp) = smtp_harness(db, dir, |_| {}).await;
+        let alice = h.user("alice").await;
+        let first = h
+            .post(
+                "/validate/email/requestToken",
+                Some(&alice),
+                json!({"client_secret": "js1", "email": "dora@example.org", "send_attempt": "1"}),
+            )
+            .await;
+        let sid = sid_of(&first);
+        let token = query_params(&link_in(&smtp.wait_for(1).await[0]))["token"].clone();
+        // The same attempt, as a form: a retry, nothing sent.
+        let retry = post_form(
+            &h,
+            "/validate/email/requestToken",
+            &alice,
+            &[
+                ("client_secret", "js1"),
+                ("email", "dora@example.org"),
+                ("send_attempt", "1"),
+            ],
+        )
+        .await;
+        assert_eq!(sid_of(&retry), sid);
+        let next = post_form(
+            &h,
+            "/validate/email/requestToken",
+            &alice,
+            &[
+                ("client_secret", "js1"),
+                ("email", "dora@example.org"),
+                ("send_attempt", "2"),
+            ],
+        )
+        .await;
+        assert_eq!(sid_of(&next), sid);
+        assert_eq!(smtp.wait_for(2).await.len(), 2);
+        let submitted = post_form(
+            &h,
+            "/validate/email/submitToken",
+            &alice,
+            &[("sid", &sid), ("client_secret", "js1"), ("token", &token)],
+        )
+        .await;
+        assert_eq!(submitted.json(), json!({"success": true}));
+        let bound = post_form(
+            &h,
+            "/3pid/bind",
+            &alice,
+            &[
+                ("sid", &sid),
+                ("client_secret", "js1"),
+                ("mxid", "@alice:hs.test"),
+            ],
+        )
+        .await;
+        assert_eq!(bound.status, StatusCode::OK, "{}", bound.text());
+        assert_eq!(bound.json()["address"], "dora@example.org");
+        assert_eq!(smtp.mails().len(), 2, "the retry sent nothing");
+    }
+}
+
+/// Issue 11 item 2. Element's Discovery page calls `bindMsisdn(null,
+/// "+447700900123")`, sending `"country": null` ("Sydent will accept",
+/// matrix-doc#2222): a number with its `+` needs no country. Without the
+/// `+` and a country, the number is invalid.
+#[tokio::test]
+async fn a_null_country_is_no_country() {
+    for (db, dir) in backends().await {
+        let h = Harness::start(db, dir, test_config()).await;
+        let alice = h.user("alice").await;
+        for body in [
+            json!({"client_secret": "s1", "country": null, "phone_number": "+447700900123", "send_attempt": "1"}),
+            json!({"client_secret": "s2", "phone_number": "+44 7700 900123", "send_attempt": 1}),
+        ] {
+            let r = h
+                .post("/validate/msisdn/requestToken", Some(&alice), body)
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(r.json()["msisdn"], "447700900123");
+        }
+        let r = h
+            .post(
+                "/validate/msisdn/requestToken",
+                Some(&alice),
+                json!({"client_secret": "s3", "country": null, "phone_number": "07700 900123", "send_attempt": 1}),
+            )
+            .await;
+        assert_eq!(r.errcode(), "M_INVALID_ADDRESS");
+    }
+}
+
+/// Issue 11 item 6, spec `send_attempt`: a retry with the same value sends
+/// nothing, so the value may only be recorded once a send worked. After a
+/// failed send, the retry of that attempt sends the mail.
+#[tokio::test]
+async fn a_failed_send_leaves_the_attempt_open() {
+    for (db, dir) in backends().await {
+        // `test_config` points SMTP at a closed port.
+        let down = Harness::start(db.clone(), None, test_config()).await;
+        let alice = down.user("alice").await;
+        let failed = request_email(&down, &alice, "erin@example.org", "s", 1, None).await;
+        assert_eq!(failed.status, StatusCode::BAD_REQUEST, "{}", failed.text());
+        assert_eq!(failed.errcode(), "M_EMAIL_SEND_ERROR");
+
+        // The same database, mail working again.
+        let (up, smtp) = smtp_harness(db, dir, |_| {}).await;
+        let alice = up.user("alice").await;
+        sid_of(&request_email(&up, &alice, "erin@example.org", "s", 1, None).await);
+        let mails = smtp.wait_for(1).await;
+        assert_eq!(mails[0].header("X-RcptTo"), Some("erin@example.org"));
+    }
+}
+
+/// Issue 11 item 9, spec "Standard error response": a missing required
+/// field is `M_MISSING_PARAMS`, one of the wrong type `M_INVALID_PARAM`
+/// (the Identity Service API's codes), a body that is no JSON at all
+/// `M_NOT_JSON`, on every endpoint that takes a body.
+#[tokio::test]
+async fn missing_and_mistyped_fields() {
+    for (db, dir) in backends().await {
+        let h = Harness::start(db, dir, test_config()).await;
+        let alice = h.user("alice").await;
+        let cases = [
+            (
+                "/validate/email/requestToken",
+                json!({"email": "a@example.org", "send_attempt": 1}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/validate/email/requestToken",
+                json!({"client_secret": "s", "email": "a@example.org", "send_attempt": [1]}),
+                "M_INVALID_PARAM",
+            ),
+            (
+                "/validate/msisdn/requestToken",
+                json!({"client_secret": "s", "country": "GB", "send_attempt": 1}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/validate/msisdn/requestToken",
+                json!({"client_secret": "s", "country": 44, "phone_number": "+447700900123", "send_attempt": 1}),
+                "M_INVALID_PARAM",
+            ),
+            (
+                "/validate/email/submitToken",
+                json!({"sid": "x", "client_secret": "s"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/validate/msisdn/submitToken",
+                json!({"sid": 1, "client_secret": "s", "token": "t"}),
+                "M_INVALID_PARAM",
+            ),
+            (
+                "/3pid/bind",
+                json!({"sid": "x", "client_secret": "s"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/3pid/bind",
+                json!({"sid": "x", "client_secret": "s", "mxid": "not a user"}),
+                "M_INVALID_PARAM",
+            ),
+            (
+                "/lookup",
+                json!({"algorithm": "sha256", "pepper": "p"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/lookup",
+                json!({"algorithm": "sha256", "pepper": "p", "addresses": "x"}),
+                "M_INVALID_PARAM",
+            ),
+            (
+                "/store-invite",
+                json!({"medium": "email", "address": "a@example.org"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/sign-ed25519",
+                json!({"mxid": "@a:hs.test", "token": "t"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/3pid/unbind",
+                json!({"mxid": "@a:hs.test"}),
+                "M_MISSING_PARAMS",
+            ),
+            (
+                "/3pid/unbind",
+                json!({"mxid": "@a:hs.test", "threepid": "a@example.org"}),
+                "M_INVALID_PARAM",
+            ),
+        ];
+        h.accept_terms(&alice).await;
+        for (path, body, errcode) in cases {
+            let r = h.post(path, Some(&alice), body.clone()).await;
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{path} {body}: {}",
+                r.text()
+            );
+            assert_eq!(r.errcode(), errcode, "{path} {body}: {}", r.text());
+        }
+        let not_json = h
+            .send(
+                http::Request::post("/_matrix/identity/v2/3pid/bind")
+                    .header("authorization", format!("Bearer {alice}"))
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from("{not json"))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(not_json.errcode(), "M_NOT_JSON");
+    }
+}
+
+/// Issue 10 item 2: `submitToken`'s limit of 10 wrong tokens per session
+/// holds when 50 guesses arrive at once (each check spends an attempt
+/// first, atomically); after them even the right token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_pass_the_attempt_limit() {
+    for (db, dir) in backends().await {
+        let (h, smtp) = smtp_harness(db, dir, |_| {}).await;
+        let alice = h.user("alice").await;
+        let sid = sid_of(&request_email(&h, &alice, "fay@example.org", "g", 1, None).await);
+        let token = query_params(&link_in(&smtp.wait_for(1).await[0]))["token"].clone();
+        let guesses = (0..50).map(|i| {
+            h.post(
+                "/validate/email/submitToken",
+                Some(&alice),
+                json!({"sid": sid, "client_secret": "g", "token": format!("wrong{i}")}),
+            )
+        });
+        let answers = futures_util::future::join_all(guesses).await;
+        let checked = answers
+            .iter()
+            .filter(|r| r.errcode() == "M_TOKEN_INCORRECT")
+            .count();
+        let refused = answers
+            .iter()
+            .filter(|r| r.errcode() == "M_SESSION_EXPIRED")
+            .count();
+        assert_eq!((checked, refused), (10, 40));
+        let right = h
+            .post(
+                "/validate/email/submitToken",
+                Some(&alice),
+                json!({"sid": sid, "client_secret": "g", "token": token}),
+            )
+            .await;
+        assert_eq!(right.errcode(), "M_SESSION_EXPIRED");
+    }
+}
+
+/// Issue 11 item 5. Synapse 1.163's `account_threepid_delegates.msisdn`
+/// calls exactly `POST /_matrix/identity/api/v1/validate/msisdn/requestToken`,
+/// `POST .../submitToken` and `GET /_matrix/identity/api/v1/3pid/getValidated3pid`
+/// (`handlers/identity.py`), with no token. With
+/// `sms.serve_synapse_delegation` they behave as their v2 twins; without
+/// it, and for every other v1 path, nothing answers but 404.
+#[tokio::test]
+async fn synapse_msisdn_delegation_paths() {
+    const V1: &str = "/_matrix/identity/api/v1";
+    for (db, dir) in backends().await {
+        let off = Harness::start(db.clone(), None, test_config()).await;
+        for (method, path) in [
+            (Method::POST, "/validate/msisdn/requestToken"),
+            (Method::POST, "/validate/msisdn/submitToken"),
+            (Method::GET, "/3pid/getValidated3pid"),
+        ] {
+            let r = off.public_request(method, &format!("{V1}{path}")).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(r.errcode(), "M_UNRECOGNIZED");
+        }
+
+        let mut config = test_config();
+        config.sms.serve_synapse_delegation = true;
+        let h = Harness::start(db, dir, config).await;
+        for (method, path) in [
+            (Method::POST, "/validate/email/requestToken"),
+            (Method::POST, "/lookup"),
+            (Method::POST, "/3pid/bind"),
+            (Method::GET, "/pubkey/ed25519:0"),
+        ] {
+            let r = h.public_request(method, &format!("{V1}{path}")).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        }
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        // What Synapse's `requestMsisdnToken` sends.
+        let r = h
+            .request(
+                Method::POST,
+                &format!("{V1}/validate/msisdn/requestToken"),
+                None,
+                Some(json!({"country": "GB", "phone_number": "07700 900456", "client_secret": "d1", "send_attempt": 1})),
+            )
+            .await;
+        drop(guard);
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["msisdn"], "447700900456");
+        let sid = r.json()["sid"].as_str().unwrap().to_owned();
+        let log = logs.text();
+        let line = log.lines().find(|l| l.contains("SMS not sent")).unwrap();
+        let code = line[line.find("text=").unwrap()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|run| run.len() == 6)
+            .unwrap()
+            .to_owned();
+        let submit_path = format!("{V1}/validate/msisdn/submitToken");
+        let submit = |token: &str| {
+            h.request(
+                Method::POST,
+                &submit_path,
+                None,
+                Some(json!({"client_secret": "d1", "sid": sid, "token": token})),
+            )
+        };
+        assert_eq!(submit("000000x").await.errcode(), "M_TOKEN_INCORRECT");
+        assert_eq!(submit(&code).await.json(), json!({"success": true}));
+        let validated = h
+            .request(
+                Method::GET,
+                &format!("{V1}/3pid/getValidated3pid?sid={sid}&client_secret=d1"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(validated.status, StatusCode::OK, "{}", validated.text());
+        assert_eq!(validated.json()["medium"], "msisdn");
+        assert_eq!(validated.json()["address"], "447700900456");
     }
 }

@@ -62,12 +62,27 @@ pub(crate) fn context(
     db: Database,
     federation: FederationClient,
 ) -> hearth_service::Context {
-    hearth_service::Context::new(
-        ServerName::parse(server_name).unwrap(),
+    context_with_ring(
+        server_name,
         hearth_core::keys::KeyRing {
             current: vec![key],
             old: Vec::new(),
         },
+        db,
+        federation,
+    )
+}
+
+/// [`context`] with retired keys too.
+pub(crate) fn context_with_ring(
+    server_name: &str,
+    ring: hearth_core::keys::KeyRing,
+    db: Database,
+    federation: FederationClient,
+) -> hearth_service::Context {
+    hearth_service::Context::new(
+        ServerName::parse(server_name).unwrap(),
+        ring,
         db,
         federation,
         hearth_core::config::HttpConfig::default(),
@@ -646,6 +661,23 @@ impl Harness {
         signing_key: SigningKey,
         overrides: &[(&str, &str)],
     ) -> Self {
+        let ring = hearth_core::keys::KeyRing {
+            current: vec![signing_key],
+            old: Vec::new(),
+        };
+        Self::start_with_ring(db, db_dir, config, ring, overrides).await
+    }
+
+    /// Like [`Harness::start_with`], with this server's keys as the binary
+    /// loads them: current (the first signs) and retired.
+    pub(crate) async fn start_with_ring(
+        db: Database,
+        db_dir: Option<tempfile::TempDir>,
+        config: Config,
+        ring: hearth_core::keys::KeyRing,
+        overrides: &[(&str, &str)],
+    ) -> Self {
+        let signing_key = ring.current[0].clone();
         let homeserver = FakeHomeserver::start().await;
         let server_name = ServerName::parse(SERVER_NAME).unwrap();
         let mut federation = FederationConfig::default();
@@ -672,7 +704,7 @@ impl Harness {
             }),
         )
         .unwrap();
-        let ctx = context(server_name.as_str(), signing_key, db, federation);
+        let ctx = context_with_ring(server_name.as_str(), ring, db, federation);
         let state = hearth_identity::build(&config, &ctx)
             .unwrap_or_else(|e| panic!("the identity service builds: {e}"));
         Self {
