@@ -483,6 +483,25 @@ fn docker_compose_validates_and_wires_the_services() {
         }
     }
 
+    // The binary accepts the environment each Hearth service runs with, its
+    // secrets standing in as files here.
+    for name in ["hearth"] {
+        let mut site = Site::new();
+        for (key, value) in services[name]["environment"].as_object().unwrap() {
+            let mut value = value.as_str().unwrap().to_owned();
+            if let Some(secret) = value.strip_prefix("/run/secrets/") {
+                let text = match secret {
+                    "hearth_database_url" => "postgres://hearth:pw@postgres/hearth",
+                    _ => "a secret",
+                };
+                value = site.write_file(secret, text).display().to_string();
+            }
+            site.set_env(key, value);
+        }
+        let out = site.run(&["config", "check"]);
+        assert!(out.status.success(), "{name}'s environment: {out}");
+    }
+
     // Without the names, it refuses instead of running as "localhost".
     let out = compose_config(&names[1..]);
     assert!(!out.status.success());
