@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use hearth_core::http::percent_encode as url_encode;
 use hearth_e2e::{
-    Hearth, HttpClient, HttpResponse, Mail, Site, SmtpCapture, Synapse, TestCertificate, wait_until,
+    Hearth, HttpClient, HttpResponse, Mail, Site, SmtpCapture, Synapse, TestCertificate,
+    sha256_lookup_hash, wait_until,
 };
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const TERMS_URL: &str = "https://example.org/privacy-1.0.html";
 const PASSWORD: &str = "correct horse battery staple";
@@ -316,16 +316,6 @@ brand = "Hearth Test"
         let found = found.json();
         found["mappings"][&hash].as_str().map(str::to_owned)
     }
-}
-
-/// The spec's sha256 lookup hash: `"<address> <medium> <pepper>"`, SHA-256,
-/// URL-safe unpadded base64.
-fn sha256_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
-    let digest = Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
-    hearth_core::base64::encode(digest)
-        .trim_end_matches('=')
-        .replace('+', "-")
-        .replace('/', "_")
 }
 
 /// The token a validation mail carries: the `token` parameter of its

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use common::*;
 use http::StatusCode;
 use serde_json::json;
@@ -18,7 +20,7 @@ const ALICE: &str = "@alice:hs.test";
 #[tokio::test]
 async fn export_then_forget_a_user() {
     for (db, dir) in backends().await {
-        let smtp = SmtpCapture::start().await;
+        let smtp = SmtpCapture::start();
         let mut config = test_config();
         smtp.configure(&mut config);
         let h = Harness::start(db.clone(), dir, config).await;

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -24,16 +26,13 @@ use hearth_core::signed_json::verify_json;
 use hearth_core::storage::Database;
 use hearth_federation::client::Origin;
 use hearth_federation::config::ServerOverride;
-use hearth_federation::connect::{Dns, SrvTarget};
-use hearth_federation::{BoxFuture, FederationClient, FederationConfig};
+use hearth_federation::{FederationClient, FederationConfig};
 use hearth_identity::{IdentityState, OutboxSettings};
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,52 +47,122 @@ const BOB: &str = "@bob:hs.test";
 // ---------------------------------------------------------------------------
 // Backends
 
-/// Runs each case on a fresh SQLite database and, when configured, on a
-/// fresh PostgreSQL schema.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (db, dir) = hearth_core::storage::testing::sqlite(&hearth_identity::SCHEMA).await;
-                let url = hearth_core::storage::default_sqlite_url(dir.path());
-                super::$case(super::Backend { db, sqlite_url: Some(url) }).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(db) = hearth_core::storage::testing::postgres(&hearth_identity::SCHEMA).await {
-                    super::$case(super::Backend { db, sqlite_url: None }).await;
-                }
-            }
-        }
-    )*};
+/// Runs `case` on every backend of this run (`common::backends`: a fresh
+/// SQLite file, and a fresh PostgreSQL schema when configured).
+async fn on_every_backend<F, Fut>(case: F)
+where
+    F: Fn(Backend) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for (db, dir) in common::backends().await {
+        let sqlite_url = dir
+            .as_ref()
+            .map(|d| hearth_core::storage::default_sqlite_url(d.path()));
+        case(Backend {
+            db,
+            sqlite_url,
+            _dir: dir,
+        })
+        .await;
+    }
 }
 
-on_both_backends!(
-    store_invite_answers_the_spec_shape_with_valid_keys,
-    store_invite_refuses_what_the_spec_and_sydent_refuse,
-    store_invite_limits_each_sender,
-    store_invite_takes_back_an_invite_whose_mail_failed,
-    invite_mail_links_only_to_the_configured_client_and_signing_works,
-    sign_ed25519_refuses_unknown_tokens,
-    binding_an_invited_address_delivers_onbind,
-    binding_without_invites_queues_nothing,
-    onbind_is_retried_after_a_failure,
-    onbind_outbox_survives_a_restart,
-    onbind_is_dropped_after_the_retry_window,
-    concurrent_workers_deliver_each_callback_once,
-    store_invite_limits_are_atomic_and_configurable,
-    invite_mails_are_capped_per_recipient,
-    invite_template_receives_every_field,
-    onbind_falls_back_to_put_and_remembers_it,
-    store_invite_knows_bindings_stored_before_case_folding,
-);
+mod every_backend {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_answers_the_spec_shape_with_valid_keys() {
+        super::on_every_backend(super::store_invite_answers_the_spec_shape_with_valid_keys).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_refuses_what_the_spec_and_sydent_refuse() {
+        super::on_every_backend(super::store_invite_refuses_what_the_spec_and_sydent_refuse).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_limits_each_sender() {
+        super::on_every_backend(super::store_invite_limits_each_sender).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_takes_back_an_invite_whose_mail_failed() {
+        super::on_every_backend(super::store_invite_takes_back_an_invite_whose_mail_failed).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invite_mail_links_only_to_the_configured_client_and_signing_works() {
+        super::on_every_backend(
+            super::invite_mail_links_only_to_the_configured_client_and_signing_works,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_ed25519_refuses_unknown_tokens() {
+        super::on_every_backend(super::sign_ed25519_refuses_unknown_tokens).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binding_an_invited_address_delivers_onbind() {
+        super::on_every_backend(super::binding_an_invited_address_delivers_onbind).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binding_without_invites_queues_nothing() {
+        super::on_every_backend(super::binding_without_invites_queues_nothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn onbind_is_retried_after_a_failure() {
+        super::on_every_backend(super::onbind_is_retried_after_a_failure).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn onbind_outbox_survives_a_restart() {
+        super::on_every_backend(super::onbind_outbox_survives_a_restart).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn onbind_is_dropped_after_the_retry_window() {
+        super::on_every_backend(super::onbind_is_dropped_after_the_retry_window).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_workers_deliver_each_callback_once() {
+        super::on_every_backend(super::concurrent_workers_deliver_each_callback_once).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_limits_are_atomic_and_configurable() {
+        super::on_every_backend(super::store_invite_limits_are_atomic_and_configurable).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invite_mails_are_capped_per_recipient() {
+        super::on_every_backend(super::invite_mails_are_capped_per_recipient).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invite_template_receives_every_field() {
+        super::on_every_backend(super::invite_template_receives_every_field).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn onbind_falls_back_to_put_and_remembers_it() {
+        super::on_every_backend(super::onbind_falls_back_to_put_and_remembers_it).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_invite_knows_bindings_stored_before_case_folding() {
+        super::on_every_backend(super::store_invite_knows_bindings_stored_before_case_folding)
+            .await;
+    }
+}
 
 struct Backend {
     db: Database,
     /// Set for SQLite, so a "restart" can open the file anew.
     sqlite_url: Option<String>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Backend {
@@ -281,19 +350,6 @@ fn check_onbind(body: &Value, key_id: &str, key: &VerifyKey) -> Result<(), Strin
     Ok(())
 }
 
-/// No name needs DNS: the homeserver is an override.
-struct NoDns;
-
-impl Dns for NoDns {
-    fn srv(&self, _: &str) -> BoxFuture<'_, io::Result<Vec<SrvTarget>>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn ip(&self, _: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
-        Box::pin(async { Err(io::Error::new(io::ErrorKind::NotFound, "no DNS in tests")) })
-    }
-}
-
 /// An address no other test uses, so mails are told apart.
 fn unique_address(name: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -362,7 +418,7 @@ fn build(db: Database, hs: &Homeserver, smtp: &SmtpCapture, options: &Options) -
             request_timeout: ConfigDuration::secs(5),
             ..FederationConfig::default()
         },
-        Arc::new(NoDns),
+        hearth_testkit::federation::fake_dns(&[]),
         Some(Origin {
             server_name: ServerName::parse(IS_NAME).unwrap(),
             key: key.clone(),
@@ -375,7 +431,7 @@ fn build(db: Database, hs: &Homeserver, smtp: &SmtpCapture, options: &Options) -
 async fn env(db: Database, options: Options) -> Env {
     let key = is_key();
     let hs = Homeserver::start(&key, options.onbind_put_only).await;
-    let smtp = Arc::new(SmtpCapture::start().await);
+    let smtp = Arc::new(SmtpCapture::start());
     let state = build(db, &hs, &smtp, &options);
     Env {
         app: hearth_identity::router(state.clone()),

@@ -5,14 +5,16 @@
 //! real validation flow (a real SMTP server, aiosmtpd, catches the mails),
 //! or, for bulk data, inserted as rows of `identity_associations`.
 //!
-//! Hashes are computed by the tests themselves (`common::spec_lookup_hash`),
+//! Hashes are computed by the tests themselves (`common::sha256_lookup_hash`),
 //! as a client would, never by the server's code.
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use common::{
     Harness, SmtpCapture, TestResponse, backends, bind_email, lookup_mxids, lookup_pepper,
-    spec_lookup_hash, test_config, validate_email,
+    sha256_lookup_hash, test_config, validate_email,
 };
 use hearth_core::config::Duration as ConfigDuration;
 use hearth_core::storage::Database;
@@ -31,7 +33,7 @@ async fn smtp_harness(
     dir: Option<tempfile::TempDir>,
     change: impl FnOnce(&mut Config),
 ) -> (Harness, SmtpCapture) {
-    let smtp = SmtpCapture::start().await;
+    let smtp = SmtpCapture::start();
     let mut config = test_config();
     smtp.configure(&mut config);
     change(&mut config);
@@ -117,15 +119,15 @@ async fn age_current_pepper(db: &Database) {
 #[test]
 fn the_spec_examples_hold_for_the_tests_hash() {
     assert_eq!(
-        spec_lookup_hash("alice@example.com", "email", "matrixrocks"),
+        sha256_lookup_hash("alice@example.com", "email", "matrixrocks"),
         "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc"
     );
     assert_eq!(
-        spec_lookup_hash("bob@example.com", "email", "matrixrocks"),
+        sha256_lookup_hash("bob@example.com", "email", "matrixrocks"),
         "LJwSazmv46n0hlMlsb_iYxI0_HXEqy_yj6Jm636cdT8"
     );
     assert_eq!(
-        spec_lookup_hash("18005552067", "msisdn", "matrixrocks"),
+        sha256_lookup_hash("18005552067", "msisdn", "matrixrocks"),
         "nlo35_T5fzSGZzJApqu8lgIudJvmOQtDaHtr-I4rU7I"
     );
 }
@@ -199,15 +201,15 @@ async fn lookup_maps_bound_addresses_to_mxids() {
         bind_email(&h, &smtp, &alice, ALICE, "Alice@Example.org", "s1").await;
         bind_email(&h, &smtp, &bob, BOB, "bob@example.org", "s2").await;
 
-        let alice_hash = spec_lookup_hash("alice@example.org", "email", &pepper);
-        let bob_hash = spec_lookup_hash("bob@example.org", "email", &pepper);
+        let alice_hash = sha256_lookup_hash("alice@example.org", "email", &pepper);
+        let bob_hash = sha256_lookup_hash("bob@example.org", "email", &pepper);
         let addresses = vec![
             alice_hash.clone(),
-            spec_lookup_hash("carol@example.org", "email", &pepper),
+            sha256_lookup_hash("carol@example.org", "email", &pepper),
             bob_hash.clone(),
-            spec_lookup_hash("Alice@Example.org", "email", &pepper),
-            spec_lookup_hash("alice@example.org", "msisdn", &pepper),
-            spec_lookup_hash("alice@example.org", "email", "another-pepper"),
+            sha256_lookup_hash("Alice@Example.org", "email", &pepper),
+            sha256_lookup_hash("alice@example.org", "msisdn", &pepper),
+            sha256_lookup_hash("alice@example.org", "email", "another-pepper"),
             "not a hash at all".to_owned(),
         ];
         let response = lookup(&h, &alice, "sha256", &pepper, &addresses).await;
@@ -253,9 +255,9 @@ async fn the_first_pepper_indexes_existing_associations_in_bulk() {
 
         let mut addresses: Vec<String> = rows
             .iter()
-            .map(|(medium, address, _)| spec_lookup_hash(address, medium, &pepper))
+            .map(|(medium, address, _)| sha256_lookup_hash(address, medium, &pepper))
             .collect();
-        addresses.push(spec_lookup_hash("user1200@example.org", "email", &pepper));
+        addresses.push(sha256_lookup_hash("user1200@example.org", "email", &pepper));
         let response = lookup(&h, &token, "sha256", &pepper, &addresses).await;
         assert_eq!(response.status, StatusCode::OK, "{}", response.text());
         let mappings = response.json()["mappings"].as_object().unwrap().clone();
@@ -275,7 +277,7 @@ async fn a_stale_pepper_is_refused_with_the_current_one() {
         let h = Harness::start(db, dir, test_config()).await;
         let token = h.user("alice").await;
         let pepper = lookup_pepper(&h, &token).await;
-        let hash = vec![spec_lookup_hash("alice@example.org", "email", "old")];
+        let hash = vec![sha256_lookup_hash("alice@example.org", "email", "old")];
         let refused = lookup(&h, &token, "sha256", "old", &hash).await;
         assert_error(&refused, StatusCode::BAD_REQUEST, "M_INVALID_PEPPER");
         assert_eq!(refused.json()["lookup_pepper"], pepper.as_str());
@@ -347,7 +349,7 @@ async fn more_than_max_lookup_addresses_is_too_large() {
         let token = h.user("alice").await;
         let pepper = lookup_pepper(&h, &token).await;
         let addresses: Vec<String> = (0..4)
-            .map(|i| spec_lookup_hash(&format!("u{i}@example.org"), "email", &pepper))
+            .map(|i| sha256_lookup_hash(&format!("u{i}@example.org"), "email", &pepper))
             .collect();
         assert_error(
             &lookup(&h, &token, "sha256", &pepper, &addresses).await,
@@ -495,7 +497,7 @@ async fn rotation_refuses_the_old_pepper_and_keeps_the_mappings() {
             second
         );
 
-        let old = vec![spec_lookup_hash("alice@example.org", "email", &first)];
+        let old = vec![sha256_lookup_hash("alice@example.org", "email", &first)];
         let refused = lookup(&h, &alice, "sha256", &first, &old).await;
         assert_error(&refused, StatusCode::BAD_REQUEST, "M_INVALID_PEPPER");
         assert_eq!(refused.json()["lookup_pepper"], second.as_str());

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use common::{
     Harness, SmtpCapture, backends, bind_email, lookup_mxids, lookup_pepper, test_config,
 };
@@ -534,7 +536,7 @@ async fn an_imported_invite_is_delivered_on_bind() {
     for (db, dir) in backends().await {
         let sydent = sample_sydent().await;
         import_sydent(&db, sydent.path()).await.unwrap();
-        let smtp = SmtpCapture::start().await;
+        let smtp = SmtpCapture::start();
         let mut config = test_config();
         smtp.configure(&mut config);
         let h = Harness::start(db.clone(), dir, config).await;

@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use axum::body::Body;
 use common::{
     FakeKeyServer, HOMESERVER, Harness, SERVER_NAME, SmtpCapture, TestResponse, backends,
@@ -53,7 +55,7 @@ async fn env(db: Database, dir: Option<tempfile::TempDir>) -> Env {
         SigningKey::from_seed(KeyVersion::parse("other1").unwrap(), [2; 32]),
     )
     .await;
-    let smtp = SmtpCapture::start().await;
+    let smtp = SmtpCapture::start();
     let mut config = test_config();
     smtp.configure(&mut config);
     let h = Harness::start_with(
@@ -426,7 +428,7 @@ async fn xmatrix_for_the_public_base_url_host_unbinds() {
             SigningKey::from_seed(KeyVersion::parse("hs1").unwrap(), [1; 32]),
         )
         .await;
-        let smtp = SmtpCapture::start().await;
+        let smtp = SmtpCapture::start();
         let mut config = test_config();
         smtp.configure(&mut config);
         config.public_base_url = Some("https://identity.is.test".to_owned());

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::ConfigureSmtp;
+
 use axum::Router;
 use axum::extract::State;
 use axum::routing::post;
@@ -90,7 +92,7 @@ async fn smtp_harness(
     dir: Option<tempfile::TempDir>,
     change: impl FnOnce(&mut hearth_identity::Config),
 ) -> (Harness, SmtpCapture) {
-    let smtp = SmtpCapture::start().await;
+    let smtp = SmtpCapture::start();
     let mut config = test_config();
     smtp.configure(&mut config);
     change(&mut config);

@@ -1,4 +1,34 @@
 //! Test helpers shared by the service tests of every crate and the
-//! end-to-end suite (a dev-dependency only; never part of the binary).
+//! end-to-end suite (a dev-dependency only; never part of the binary):
+//! in-process federation peers, a fake homeserver, an SMTP capture with
+//! mail parsing, and the spec's lookup hash.
 
 pub mod federation;
+pub mod homeserver;
+pub mod mail;
+pub mod smtp;
+
+pub use homeserver::{FakeHomeserver, Recorded};
+pub use mail::Mail;
+pub use smtp::{SmtpCapture, python};
+
+/// The spec's sha256 lookup hash (Identity Service API "Hashing"):
+/// `"<address> <medium> <pepper>"`, SHA-256, URL-safe unpadded base64.
+pub fn sha256_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
+    hearth_core::base64::encode_url_safe(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The spec's example (Identity Service API "Hashing"): `alice@example.com
+    /// email matrixrocks`.
+    #[test]
+    fn lookup_hash_matches_the_spec_example() {
+        assert_eq!(
+            super::sha256_lookup_hash("alice@example.com", "email", "matrixrocks"),
+            "4kenr7N9drpCJ4AfalmlGQVsOn3o2RHjkADUpXJWZUc"
+        );
+    }
+}

@@ -22,7 +22,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 if detail.contains("missing field") {
                     MatrixError::new(
                         StatusCode::BAD_REQUEST,
-                        ErrCode("M_MISSING_PARAMS"),
+                        ErrCode::MISSING_PARAMS,
                         format!("Missing query parameter: {detail}"),
                     )
                 } else {

@@ -16,26 +16,22 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{OriginalUri, Query, State};
-use axum::routing::{any, get};
+use axum::extract::{Query, State};
+use axum::routing::get;
 use hearth_auth::{PolicyConfig, PolicyLanguage};
 use hearth_core::ids::ServerName;
 use hearth_core::keys::SigningKey;
 use hearth_core::storage::{Database, testing};
 use hearth_federation::client::Origin;
 use hearth_federation::config::ServerOverride;
-use hearth_federation::connect::{Dns, SrvTarget};
-use hearth_federation::{BoxFuture, FederationClient, FederationConfig};
+use hearth_federation::{FederationClient, FederationConfig};
 use hearth_identity::{Config, IdentityState, SmsSender, SmtpTls};
+pub(crate) use hearth_testkit::{FakeHomeserver, Mail, SmtpCapture, sha256_lookup_hash};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::io;
-use std::net::{IpAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
@@ -124,113 +120,6 @@ pub(crate) fn test_config() -> Config {
     config.email.brand = BRAND.to_owned();
     config.sms.sender = SmsSender::Log;
     config
-}
-
-/// A request the fake homeserver received.
-#[derive(Debug, Clone)]
-pub(crate) struct Recorded {
-    pub(crate) method: Method,
-    /// Path and query.
-    pub(crate) uri: String,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-}
-
-impl Recorded {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// A homeserver on 127.0.0.1 over plain HTTP. `GET
-/// /_matrix/federation/v1/openid/userinfo?access_token=<localpart>` answers
-/// `{"sub": "@<localpart>:hs.test"}` (a token starting with `bad` is
-/// refused with 401); any other request is recorded and answered `{}`.
-#[derive(Debug)]
-pub(crate) struct FakeHomeserver {
-    pub(crate) url: String,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl FakeHomeserver {
-    pub(crate) async fn start() -> Self {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route("/_matrix/federation/v1/openid/userinfo", get(userinfo))
-            .fallback(any(record))
-            .with_state(requests.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self {
-            url,
-            requests,
-            task,
-        }
-    }
-
-    /// What it received besides `userinfo`, in order.
-    pub(crate) fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeHomeserver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn userinfo(Query(query): Query<HashMap<String, String>>) -> (StatusCode, axum::Json<Value>) {
-    match query.get("access_token") {
-        Some(token) if !token.starts_with("bad") => (
-            StatusCode::OK,
-            axum::Json(json!({ "sub": format!("@{token}:{HOMESERVER}") })),
-        ),
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token unknown"})),
-        ),
-    }
-}
-
-async fn record(
-    State(requests): State<Arc<Mutex<Vec<Recorded>>>>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::Json<Value> {
-    requests.lock().unwrap().push(Recorded {
-        method,
-        uri: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-        headers,
-        body,
-    });
-    axum::Json(json!({}))
-}
-
-/// DNS that knows nothing: every destination in tests is an override.
-#[derive(Debug)]
-struct NoDns;
-
-impl Dns for NoDns {
-    fn srv(&self, _: &str) -> BoxFuture<'_, io::Result<Vec<SrvTarget>>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn ip(&self, host: &str) -> BoxFuture<'_, io::Result<Vec<IpAddr>>> {
-        let host = host.to_owned();
-        Box::pin(async move {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no DNS in tests: {host}"),
-            ))
-        })
-    }
 }
 
 /// An answer from the router.
@@ -384,260 +273,6 @@ impl Harness {
     }
 }
 
-/// The interpreter for Python peers: `HEARTH_TEST_PYTHON`, else the
-/// virtualenv `cargo xtask test` keeps in `target/peers/python`.
-pub(crate) fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("HEARTH_TEST_PYTHON").filter(|p| !p.is_empty()) {
-        return python.into();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/peers/python/bin/python")
-}
-
-/// A real SMTP server, PyPI `aiosmtpd` with its Maildir handler, on a free
-/// loopback port. Killed on drop.
-#[derive(Debug)]
-pub(crate) struct SmtpCapture {
-    pub(crate) port: u16,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpCapture {
-    pub(crate) async fn start() -> Self {
-        let python = python();
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("aiosmtpd.log")).unwrap();
-        let child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir.path().join("maildir"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting {} -m aiosmtpd: {e}. Run `cargo xtask test`, or set \
-                     HEARTH_TEST_PYTHON to a Python with aiosmtpd, or: python3 -m venv \
-                     target/peers/python && target/peers/python/bin/pip install aiosmtpd signedjson",
-                    python.display()
-                )
-            });
-        let mut capture = Self { port, child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = capture.child.try_wait().unwrap() {
-                panic!(
-                    "aiosmtpd exited ({status}) before listening: {}. Is aiosmtpd installed for {}?",
-                    capture.log(),
-                    python.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not listen: {}",
-                capture.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        capture
-    }
-
-    /// Points `config` at this server, without TLS.
-    pub(crate) fn configure(&self, config: &mut Config) {
-        config.email.smtp_host = "127.0.0.1".to_owned();
-        config.email.smtp_port = self.port;
-        config.email.smtp_tls = SmtpTls::None;
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("aiosmtpd.log")).unwrap_or_default()
-    }
-
-    /// The mails received so far, oldest first.
-    pub(crate) fn mails(&self) -> Vec<Mail> {
-        let new = self.dir.path().join("maildir/new");
-        let Ok(entries) = std::fs::read_dir(&new) else {
-            return Vec::new();
-        };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .map(|e| e.unwrap().path())
-            .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|(_, p)| Mail::parse(&std::fs::read_to_string(p).unwrap()))
-            .collect()
-    }
-
-    /// Waits until `count` mails have arrived (10 s at most), and returns
-    /// them all.
-    pub(crate) async fn wait_for(&self, count: usize) -> Vec<Mail> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mails = self.mails();
-            if mails.len() >= count {
-                return mails;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {count} mails arrived; aiosmtpd says: {}",
-                mails.len(),
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for SmtpCapture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One captured mail: headers, and the decoded body of each part.
-#[derive(Debug, Clone)]
-pub(crate) struct Mail {
-    pub(crate) raw: String,
-    headers: Vec<(String, String)>,
-    /// `(content type, decoded body)` of each leaf part, or of the whole
-    /// mail when it is not multipart.
-    pub(crate) parts: Vec<(String, String)>,
-}
-
-impl Mail {
-    pub(crate) fn parse(raw: &str) -> Self {
-        let raw = raw.replace("\r\n", "\n");
-        let (headers, body) = split_headers(&raw);
-        let mut parts = Vec::new();
-        collect_parts(&headers, body, &mut parts);
-        Self {
-            raw: raw.clone(),
-            headers,
-            parts,
-        }
-    }
-
-    /// The first header of that name (case-insensitive), unfolded.
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
-    }
-
-    /// The decoded body of the first part of this content type
-    /// (`text/plain`, `text/html`).
-    pub(crate) fn part(&self, content_type: &str) -> Option<&str> {
-        self.parts
-            .iter()
-            .find(|(t, _)| t.eq_ignore_ascii_case(content_type))
-            .map(|(_, b)| b.as_str())
-    }
-
-    /// The `text/plain` part.
-    pub(crate) fn text(&self) -> &str {
-        self.part("text/plain").expect("a text/plain part")
-    }
-
-    /// The `text/html` part.
-    pub(crate) fn html(&self) -> &str {
-        self.part("text/html").expect("a text/html part")
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn split_headers(text: &str) -> (Vec<(String, String)>, &str) {
-    let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for line in head.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = headers.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
-        }
-    }
-    (headers, body)
-}
-
-fn collect_parts(headers: &[(String, String)], body: &str, parts: &mut Vec<(String, String)>) {
-    let content_type = header(headers, "content-type").unwrap_or("text/plain");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if mime.starts_with("multipart/") {
-        let boundary = content_type
-            .split(';')
-            .filter_map(|p| p.trim().strip_prefix("boundary="))
-            .next()
-            .expect("a multipart boundary")
-            .trim_matches('"');
-        let delimiter = format!("--{boundary}");
-        for chunk in body.split(&delimiter).skip(1) {
-            if chunk.starts_with("--") {
-                break;
-            }
-            let chunk = chunk.strip_prefix('\n').unwrap_or(chunk);
-            let (part_headers, part_body) = split_headers(chunk);
-            collect_parts(&part_headers, part_body, parts);
-        }
-        return;
-    }
-    let decoded = match header(headers, "content-transfer-encoding")
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("quoted-printable") => decode_quoted_printable(body),
-        Some("base64") => decode_base64(body),
-        _ => body.to_owned(),
-    };
-    parts.push((mime, decoded));
-}
-
-fn decode_quoted_printable(body: &str) -> String {
-    let body = body.replace("=\n", "");
-    let bytes = body.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'='
-            && let Some(hex) = body.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).expect("UTF-8 text")
-}
-
-fn decode_base64(body: &str) -> String {
-    let compact: String = body.split_whitespace().collect();
-    let bytes = hearth_core::base64::decode(compact.trim_end_matches('=')).expect("base64 body");
-    String::from_utf8(bytes).expect("UTF-8 text")
-}
-
 /// The query parameters of a URL, decoded.
 pub(crate) fn query_params(url: &str) -> HashMap<String, String> {
     url::Url::parse(url)
@@ -678,13 +313,13 @@ impl Harness {
         overrides: &[(&str, &str)],
     ) -> Self {
         let signing_key = ring.current[0].clone();
-        let homeserver = FakeHomeserver::start().await;
+        let homeserver = FakeHomeserver::start(HOMESERVER);
         let server_name = ServerName::parse(SERVER_NAME).unwrap();
         let mut federation = FederationConfig::default();
         federation.overrides.insert(
             HOMESERVER.to_owned(),
             ServerOverride {
-                url: homeserver.url.clone(),
+                url: homeserver.url(),
             },
         );
         for (name, url) in overrides {
@@ -697,7 +332,7 @@ impl Harness {
         }
         let federation = FederationClient::new(
             &federation,
-            Arc::new(NoDns),
+            hearth_testkit::federation::fake_dns(&[]),
             Some(Origin {
                 server_name: server_name.clone(),
                 key: signing_key.clone(),
@@ -832,15 +467,6 @@ pub(crate) async fn bind_email(
     sid
 }
 
-/// The spec's `sha256` lookup hash, computed independently of the
-/// server's code: SHA-256 of `"<address> <medium> <pepper>"`, in URL-safe
-/// unpadded base64.
-pub(crate) fn spec_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{address} {medium} {pepper}").as_bytes());
-    base64_url_unpadded(&digest)
-}
-
 /// RFC 4648 §5 base64 without padding.
 pub(crate) fn base64_url_unpadded(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -874,7 +500,7 @@ pub(crate) async fn lookup_mxids(
     let pepper = lookup_pepper(h, token).await;
     let hashes: Vec<String> = threepids
         .iter()
-        .map(|(address, medium)| spec_lookup_hash(address, medium, &pepper))
+        .map(|(address, medium)| sha256_lookup_hash(address, medium, &pepper))
         .collect();
     let response = h
         .post(
@@ -985,5 +611,18 @@ async fn key_server_userinfo(
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token unknown"})),
         ),
+    }
+}
+
+/// Points an identity config at an [`SmtpCapture`], without TLS.
+pub(crate) trait ConfigureSmtp {
+    fn configure(&self, config: &mut Config);
+}
+
+impl ConfigureSmtp for SmtpCapture {
+    fn configure(&self, config: &mut Config) {
+        config.email.smtp_host = "127.0.0.1".to_owned();
+        config.email.smtp_port = self.port();
+        config.email.smtp_tls = SmtpTls::None;
     }
 }

@@ -10,8 +10,6 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::Query;
-use axum::routing::get;
 use hearth_auth::{PolicyConfig, PolicyLanguage};
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyRing, SigningKey};
@@ -23,7 +21,7 @@ use hearth_service::Service;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use tower::ServiceExt;
 
 pub(crate) const SERVER_NAME: &str = "im.test";
@@ -62,27 +60,6 @@ pub(crate) fn test_config() -> Config {
     );
     config.widgets.jitsi_domain = Some("meet.example.org".to_owned());
     config
-}
-
-/// A homeserver answering `GET /_matrix/federation/v1/openid/userinfo
-/// ?access_token=<localpart>` with `{"sub": "@<localpart>:hs.test"}`;
-/// tokens starting with `bad` are refused with 401.
-pub(crate) async fn fake_homeserver() -> (String, tokio::task::JoinHandle<()>) {
-    async fn userinfo(
-        Query(query): Query<HashMap<String, String>>,
-    ) -> (StatusCode, axum::Json<Value>) {
-        match query.get("access_token") {
-            Some(token) if !token.starts_with("bad") => (
-                StatusCode::OK,
-                axum::Json(json!({ "sub": format!("@{token}:{HOMESERVER}") })),
-            ),
-            _ => (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"errcode": "M_UNKNOWN_TOKEN", "error": "Access token unknown"})),
-            ),
-        }
-    }
-    serve(Router::new().route("/_matrix/federation/v1/openid/userinfo", get(userinfo))).await
 }
 
 /// Serves `app` on a free loopback port: its base URL.
@@ -142,14 +119,8 @@ impl TestResponse {
 pub(crate) struct Harness {
     pub(crate) state: IntegrationsState,
     app: Router,
-    _homeserver: tokio::task::JoinHandle<()>,
+    _homeserver: hearth_testkit::FakeHomeserver,
     _db_dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self._homeserver.abort();
-    }
 }
 
 impl Harness {
@@ -164,14 +135,17 @@ impl Harness {
         config: Config,
         allow_private: bool,
     ) -> Self {
-        let (hs_url, homeserver) = fake_homeserver().await;
+        let homeserver = hearth_testkit::FakeHomeserver::start(HOMESERVER);
         let mut federation = FederationConfig {
             allow_private_addresses: allow_private,
             ..FederationConfig::default()
         };
-        federation
-            .overrides
-            .insert(HOMESERVER.to_owned(), ServerOverride { url: hs_url });
+        federation.overrides.insert(
+            HOMESERVER.to_owned(),
+            ServerOverride {
+                url: homeserver.url(),
+            },
+        );
         let dns = hearth_testkit::federation::fake_dns(&[PAGES_HOST]);
         let federation = FederationClient::new(&federation, dns, None).unwrap();
         let http = hearth_core::config::HttpConfig::default();
