@@ -10,6 +10,7 @@
 
 mod bench;
 mod browser;
+mod coturn;
 mod debian;
 mod dist;
 mod node;
@@ -35,6 +36,7 @@ commands:
                    `cargo nextest run` (or `cargo test`)
   bench [options]  measure Hearth's hashed lookups against Sydent's and
                    write target/bench/report.md; `bench --help` lists options
+  bench turn [...] Hearth's TURN relay against coturn; `bench turn --help`
   dist [options]   build the .deb and .rpm packages; `dist --help` lists options
   help             show this message";
 
@@ -64,6 +66,8 @@ fn main() -> ExitCode {
 
 /// The package holding the end-to-end suite, which needs the binary built.
 const E2E_PACKAGE: &str = "hearth-e2e";
+/// The package whose interop tests run coturn's client tools.
+const TURN_PACKAGE: &str = "hearth-turn";
 /// The variable the end-to-end harness reads to find the binary.
 const HEARTH_BIN_VAR: &str = "HEARTH_BIN";
 /// dnsmasq from Debian's dnsmasq-base, and the variable naming it.
@@ -77,6 +81,10 @@ fn test(args: &[String]) -> Result<ExitCode> {
     // Bound for the whole run: dropping it stops the server, on every path.
     let postgres = postgres::Postgres::setup(&root)?;
     let mut env: Vec<(&str, OsString)> = vec![(postgres::URL_VAR, postgres.url().into())];
+    if runs_package(args, TURN_PACKAGE) {
+        coturn::ensure()?;
+        env.push((coturn::TOOLS_VAR, "1".into()));
+    }
     if runs_package(args, E2E_PACKAGE) {
         let python = python::Python::setup(&root)?;
         env.push((python::PYTHON_VAR, python.interpreter().into()));

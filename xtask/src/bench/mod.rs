@@ -22,6 +22,7 @@ mod options;
 mod report;
 mod server;
 mod sydent;
+mod turn;
 
 use std::fs;
 use std::io::Write as _;
@@ -70,6 +71,12 @@ const BUSY_ELSEWHERE: f64 = 0.2;
 const SEED_SCRIPT: &str = include_str!("seed.py");
 
 pub(crate) fn bench(args: &[String]) -> Result<ExitCode> {
+    // The TURN load comes from coturn's uclient, not from this process, so
+    // it needs no optimized rerun.
+    if args.first().is_some_and(|arg| arg == "turn") {
+        turn::bench(&args[1..])?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(options) = Options::parse(args)? else {
         eprintln!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
