@@ -13,7 +13,7 @@
 //! - `hearth audit` on the config Synapse's `--generate-config` writes and
 //!   on Element's defaults, then on configs wired to Hearth.
 
-use hearth_e2e::{Output, Site, Synapse, hearth_bin, run, synapse_python};
+use hearth_e2e::{Output, Site, Synapse, hearth_bin, python_ok, run, synapse_python};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::env;
@@ -485,7 +485,7 @@ fn docker_compose_validates_and_wires_the_services() {
 
     // The binary accepts the environment each Hearth service runs with, its
     // secrets standing in as files here.
-    for name in ["hearth"] {
+    for name in ["hearth", "hearth-wiring", "hearth-turn"] {
         let mut site = Site::new();
         for (key, value) in services[name]["environment"].as_object().unwrap() {
             let mut value = value.as_str().unwrap().to_owned();
@@ -650,12 +650,34 @@ fn named_site() -> Site {
     site
 }
 
-/// [`named_site`] with the integration manager's Jitsi domain.
+const TURN_SECRET: &str = "a shared secret for the tests";
+
+/// [`named_site`] with TURN (its secret in a file) and the integration
+/// manager's Jitsi domain.
 fn wired_site() -> Site {
-    named_site().with_env(
+    let mut site = named_site();
+    let secret = site.write_file("turn.secret", TURN_SECRET);
+    site.set_env("HEARTH_TURN__ENABLED", "true");
+    site.set_env("HEARTH_TURN__SHARED_SECRET_FILE", secret);
+    site.set_env("HEARTH_TURN__EXTERNAL_IP", r#"["203.0.113.7"]"#);
+    site.set_env(
         "HEARTH_INTEGRATIONS__WIDGETS__JITSI_DOMAIN",
         "meet.example.org",
+    );
+    site
+}
+
+/// base64(HMAC-SHA1(secret, username)), by Python's standard library: the
+/// TURN REST password Synapse computes.
+fn turn_password(username: &str) -> String {
+    python_ok(
+        "import base64, hashlib, hmac, sys\n\
+         print(base64.b64encode(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha1).digest()).decode())",
+        &[TURN_SECRET, username],
+        b"",
     )
+    .trim()
+    .to_owned()
 }
 
 #[test]
@@ -695,6 +717,33 @@ fn synapse_starts_on_the_homeserver_config_and_advertises_hearth() {
                              "ui_url": "https://hearth.example.org/element"}]})
     );
 
+    // Synapse read the secret from Hearth's file: the credentials it hands
+    // a user are the ones Hearth's TURN accepts.
+    assert!(
+        wiring.get("turn_shared_secret").is_none(),
+        "no secret printed"
+    );
+    let token = synapse.user("alice", "a long enough password");
+    let turn = synapse
+        .client()
+        .get("/_matrix/client/v3/voip/turnServer", Some(&token));
+    assert_eq!(turn.status, 200, "{}", turn.text());
+    let turn = turn.json();
+    assert_eq!(
+        turn["uris"],
+        json!([
+            "turn:203.0.113.7:3478?transport=udp",
+            "turn:203.0.113.7:3478?transport=tcp"
+        ])
+    );
+    assert_eq!(turn["ttl"], 3600);
+    let username = turn["username"].as_str().unwrap();
+    assert!(
+        username.ends_with(&format!(":{}", synapse.user_id("alice"))),
+        "{username}"
+    );
+    assert_eq!(turn["password"], turn_password(username));
+
     // The client snippets are JSON naming the same URLs.
     let args = [
         "--homeserver-url",
@@ -728,6 +777,31 @@ fn synapse_starts_on_the_homeserver_config_and_advertises_hearth() {
             "jitsi": {"preferred_domain": "meet.example.org"}
         })
     );
+
+    // LiveKit's TURN servers: Hearth's URIs, with credentials its TURN
+    // accepts for 30 days.
+    let livekit = site
+        .run_ok(&["homeserver-config", "livekit", "--livekit-days", "30"])
+        .stdout;
+    assert!(livekit.contains("# SECRET: "), "{livekit}");
+    let servers = yaml(&livekit)["rtc"]["turn_servers"].clone();
+    let servers = servers.as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (server, protocol) in servers.iter().zip(["udp", "tcp"]) {
+        assert_eq!(server["host"], "203.0.113.7");
+        assert_eq!(server["port"], 3478);
+        assert_eq!(server["protocol"], protocol);
+        let username = server["username"].as_str().unwrap();
+        let (expiry, who) = username.split_once(':').unwrap();
+        assert_eq!(who, "livekit");
+        let days = (expiry.parse::<u64>().unwrap() - now) as f64 / 86_400.0;
+        assert!((29.9..=30.1).contains(&days), "{days} days");
+        assert_eq!(server["credential"], turn_password(username));
+    }
 }
 
 /// Synapse's own `--generate-config` output for `example.org`.

@@ -8,7 +8,7 @@ use hearth_core::keys::SigningKey;
 use serde_json::{Map, Value, json};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Which snippet to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,13 +57,6 @@ pub(crate) struct Turn {
 /// Where Synapse gets the TURN shared secret: the file Hearth reads it from
 /// (nothing secret printed), or the value itself.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "made from [turn] once the TURN service is on main"
-    )
-)]
 pub(crate) enum TurnSecret {
     File(PathBuf),
     Inline(String),
@@ -342,11 +335,44 @@ impl Wiring {
     }
 }
 
-/// What Synapse and LiveKit need from `[turn]`.
-// The TURN service is not on this branch's main yet: its section has no
-// secret or listeners to wire. The snippets below are ready for it.
-fn turn_wiring(_config: &Config, _livekit_lifetime: Duration) -> anyhow::Result<Option<Turn>> {
-    Ok(None)
+/// What Synapse and LiveKit need from `[turn]`, when it is enabled.
+fn turn_wiring(config: &Config, livekit_lifetime: Duration) -> anyhow::Result<Option<Turn>> {
+    if !config.turn.enabled {
+        return Ok(None);
+    }
+    let secret = match (&config.turn.shared_secret_file, &config.turn.shared_secret) {
+        (Some(file), _) => TurnSecret::File(file.clone()),
+        (None, Some(secret)) => TurnSecret::Inline(secret.expose().to_owned()),
+        (None, None) => {
+            anyhow::bail!("[turn] has no shared_secret or shared_secret_file for Synapse to share")
+        }
+    };
+    let uris = config.turn.client_uris();
+    if uris.is_empty() {
+        anyhow::bail!("no TURN URI to hand out: set turn.uris or turn.external_ip");
+    }
+    let livekit = config.turn.secret()?.map(|secret| {
+        let c = hearth_turn::rest_credentials(
+            secret.expose(),
+            "livekit",
+            livekit_lifetime,
+            SystemTime::now(),
+            Vec::new(),
+        );
+        let expiry = c
+            .username
+            .split(':')
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or_default();
+        (c.username, c.password, expiry)
+    });
+    Ok(Some(Turn {
+        uris,
+        secret,
+        lifetime: config.turn.credential_lifetime.0,
+        livekit,
+    }))
 }
 
 /// `https://<server_name>`, the default public URL of every service.
