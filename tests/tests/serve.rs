@@ -278,8 +278,9 @@ async fn https_listener_serves_keys_to_the_federation_client() {
 
 /// Design: "`hearth <service>` runs one alone". `hearth notary` publishes
 /// the keys; `hearth identity` does not mount the notary (404
-/// `M_UNRECOGNIZED`) yet stays healthy; services not in this build, or a
-/// `serve` with nothing enabled, exit with a clear error.
+/// `M_UNRECOGNIZED`) yet stays healthy; `hearth turn` opens no public HTTP
+/// listener; a disabled service, or a `serve` with nothing enabled, exits
+/// with a clear error.
 #[test]
 fn one_service_commands_mount_only_their_service() {
     let site = Site::new();
@@ -297,14 +298,42 @@ fn one_service_commands_mount_only_their_service() {
 
     // A service with no code in this build does not pretend: it refuses to
     // run instead of serving 404s.
+    // TURN is off until it has a secret; `hearth turn` says so.
     let out = Site::new().run(&["turn"]);
     assert!(!out.status.success(), "{out}");
-    assert!(out.stderr.contains("not in this build"), "{out}");
+    assert!(out.stderr.contains("turn.enabled = false"), "{out}");
+    // With one, it has no HTTP side: no public HTTP listener, while admin
+    // `/health` still works.
+    let site = Site::new()
+        .with_env("HEARTH_TURN__ENABLED", "true")
+        .with_env("HEARTH_TURN__SHARED_SECRET", "not-a-real-secret")
+        .with_env("HEARTH_TURN__UDP", "[\"127.0.0.1:0\"]")
+        .with_env("HEARTH_TURN__TCP", "[\"127.0.0.1:0\"]")
+        .with_env("HEARTH_TURN__TLS", "[]");
+    let turn = site.start(&["turn"]);
+    assert_eq!(turn.admin_get("/health").status, 200);
+    let public = std::net::TcpStream::connect(site.public_addr());
+    assert!(
+        public
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "hearth turn listens on the public port: {public:?}"
+    );
+    drop(turn);
+    let out = site.run_ok(&["turn", "credentials", "--user", "@alice:example.org"]);
+    let credentials: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        credentials["username"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(":@alice:example.org")),
+        "{out}"
+    );
     // Nor does `serve` with every service turned off.
     let out = Site::new()
         .with_env("HEARTH_IDENTITY__ENABLED", "false")
         .with_env("HEARTH_NOTARY__ENABLED", "false")
         .with_env("HEARTH_INTEGRATIONS__ENABLED", "false")
+        .with_env("HEARTH_TURN__ENABLED", "false")
         .run(&["serve"]);
     assert!(!out.status.success(), "{out}");
     assert!(out.stderr.contains("no service is enabled"), "{out}");

@@ -35,8 +35,11 @@ enum Command {
     Integrations,
     /// Run only the key notary.
     Notary,
-    /// Run only the TURN/STUN server.
-    Turn,
+    /// Run only the TURN/STUN server, or print credentials.
+    Turn {
+        #[command(subcommand)]
+        command: Option<TurnCommand>,
+    },
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -109,6 +112,18 @@ enum IdentityCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TurnCommand {
+    /// Print TURN credentials for a user as Synapse hands them out
+    /// (`/voip/turnServer`): URIs, username, password and lifetime, as JSON.
+    /// The password is a secret for that user: share it with them only.
+    Credentials {
+        /// The Matrix ID the credentials are for.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the example config, with every key documented.
     Example,
@@ -143,7 +158,20 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Integrations => Some("integrations"),
         Command::Notary => Some("notary"),
-        Command::Turn => Some("turn"),
+        Command::Turn { command: None } => Some("turn"),
+        Command::Turn {
+            command: Some(TurnCommand::Credentials { user }),
+        } => {
+            let config = load(config_path.as_ref())?;
+            let user = UserId::parse(&user)?;
+            let credentials = config
+                .turn
+                .credentials(user.as_str(), std::time::SystemTime::now())?;
+            let mut out = std::io::stdout();
+            serde_json::to_writer_pretty(&mut out, &credentials)?;
+            writeln!(out)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Config(ConfigCommand::Example) => {
             std::io::stdout().write_all(EXAMPLE.as_bytes())?;
             return Ok(ExitCode::SUCCESS);
