@@ -50,11 +50,12 @@ enum Command {
     Keys(KeysCommand),
     /// Probe the admin listener's /health; exit 0 when healthy, 1 when not.
     Health,
-    /// Print the snippets that point a homeserver and its clients at this
-    /// Hearth: Synapse's homeserver.yaml, the homeserver's
-    /// /.well-known/matrix/client, Element's config.json, LiveKit's TURN
-    /// servers. Secrets are printed only where the snippet needs them
-    /// (an inline TURN secret for Synapse, credentials for LiveKit), marked.
+    /// Print config snippets that point a homeserver and clients at Hearth.
+    ///
+    /// Synapse's homeserver.yaml, the homeserver's /.well-known/matrix/client,
+    /// Element's config.json and LiveKit's TURN servers. Secrets are printed
+    /// only where the snippet needs them (an inline TURN secret for Synapse,
+    /// credentials for LiveKit), marked.
     HomeserverConfig {
         /// Which snippet to print.
         #[arg(value_enum, default_value = "all")]
@@ -73,9 +74,10 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// List third-party services that a Synapse or Element config depends
-    /// on, with the change that points each at Hearth. Exits 1 when any is
-    /// found (so it can run in CI), 2 when a file cannot be read.
+    /// List third-party services a Synapse or Element config depends on.
+    ///
+    /// Each comes with the change that points it at Hearth. Exits 1 when any
+    /// is found (so it can run in CI), 2 when a file cannot be read.
     #[command(arg_required_else_help = true)]
     Audit {
         /// Synapse's homeserver.yaml.
