@@ -1,7 +1,7 @@
 //! The browser the integration manager's end-to-end test drives: Debian's
 //! Chromium (installed with apt-get when missing, never a downloaded
 //! browser build) and playwright-core from npm, which only talks to it, in
-//! `target/peers/browser`. Node.js is the machine's.
+//! `<peers>/browser`. Node.js is the machine's.
 
 use std::env;
 use std::fs;
@@ -38,7 +38,7 @@ impl Browser {
         let node_modules = match env::var_os(PLAYWRIGHT_VAR).filter(|p| !p.is_empty()) {
             Some(path) => path.into(),
             None => {
-                let dir = root.join("target/peers/browser");
+                let dir = crate::peers_dir(root).join("browser");
                 let node_modules = dir.join("node_modules");
                 if !is_current(&node_modules) {
                     fs::create_dir_all(&dir)

@@ -12,6 +12,7 @@ mod bench;
 mod browser;
 mod coturn;
 mod debian;
+mod dist;
 mod node;
 mod postgres;
 mod python;
@@ -36,6 +37,7 @@ commands:
   bench [options]  measure Hearth's hashed lookups against Sydent's and
                    write target/bench/report.md; `bench --help` lists options
   bench turn [...] Hearth's TURN relay against coturn; `bench turn --help`
+  dist [options]   build the .deb and .rpm packages; `dist --help` lists options
   help             show this message";
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("dist") => dist::dist(&args[1..]),
         Some("help" | "-h" | "--help") => {
             eprintln!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -97,12 +100,37 @@ fn test(args: &[String]) -> Result<ExitCode> {
         env.push((browser::PLAYWRIGHT_VAR, browser.node_modules().into()));
         // matrix-js-sdk for Element's calls (tests/js).
         node::setup(&root)?;
-        env.push((HEARTH_BIN_VAR, hearth_binary(&root, runner, args)?.into()));
+        let bin = hearth_binary(&root, runner, args)?;
+        operator_peers(&root, &bin, &mut env)?;
+        env.push((HEARTH_BIN_VAR, bin.into()));
     }
     let status = run_tests(&root, runner, args, &env)?;
     drop(postgres);
     Ok(exit_code(status))
 }
+
+/// What the operator tests (`tests/tests/operators.rs`) check: the
+/// packages built from this binary, and Debian's compose CLI and
+/// systemd-analyze to validate docker-compose.yml and the unit.
+fn operator_peers(root: &Path, bin: &Path, env: &mut Vec<(&str, OsString)>) -> Result<()> {
+    let out = target_dir(root).join("dist-test");
+    eprintln!("xtask: packaging {} into {}", bin.display(), out.display());
+    let packages = dist::build(root, bin, &out, dist::Compression::Fast)?;
+    env.push((dist::DEB_VAR, packages.deb.into()));
+    env.push((dist::RPM_VAR, packages.rpm.into()));
+    debian::ensure(Path::new(COMPOSE), "docker-compose")?;
+    env.push((COMPOSE_VAR, COMPOSE.into()));
+    debian::ensure(Path::new(SYSTEMD_ANALYZE), "systemd")?;
+    env.push((SYSTEMD_ANALYZE_VAR, SYSTEMD_ANALYZE.into()));
+    Ok(())
+}
+
+/// Debian's docker-compose (1.29, Python): `config` validates a file
+/// without a Docker engine.
+const COMPOSE: &str = "/usr/bin/docker-compose";
+const COMPOSE_VAR: &str = "HEARTH_TEST_COMPOSE";
+const SYSTEMD_ANALYZE: &str = "/usr/bin/systemd-analyze";
+const SYSTEMD_ANALYZE_VAR: &str = "HEARTH_TEST_SYSTEMD_ANALYZE";
 
 /// Who runs the tests: nextest when installed (faster, clearer output),
 /// else `cargo test`.
@@ -185,6 +213,24 @@ fn target_dir(root: &Path) -> PathBuf {
         None => root.join("target"),
     }
 }
+
+/// Where the test peers (PostgreSQL cluster, virtualenvs) live, written
+/// `<peers>` in comments: `HEARTH_PEERS_DIR`, else `peers` in cargo's target
+/// directory, so a build cache that outlives the clone (`.ci/run`) keeps
+/// them too.
+pub(crate) fn peers_dir(root: &Path) -> PathBuf {
+    peers_dir_from(root, env::var_os(PEERS_DIR_VAR), &target_dir(root))
+}
+
+fn peers_dir_from(root: &Path, var: Option<OsString>, target: &Path) -> PathBuf {
+    match var.filter(|dir| !dir.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => target.join("peers"),
+    }
+}
+
+/// The variable that puts the test peers elsewhere.
+const PEERS_DIR_VAR: &str = "HEARTH_PEERS_DIR";
 
 /// The cargo profile the runner arguments (before any `--`) ask for.
 fn cargo_profile(runner: Runner, args: &[String]) -> &str {
@@ -356,9 +402,33 @@ fn describe(cmd: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::{
-        Runner, cargo_profile, is_package_var, profile_dir, runs_package, selected_packages,
-        selects_packages,
+        Runner, cargo_profile, is_package_var, peers_dir_from, profile_dir, runs_package,
+        selected_packages, selects_packages,
     };
+    use std::path::Path;
+
+    #[test]
+    fn peers_live_beside_the_build_cache_unless_placed() {
+        let root = Path::new("/src/hearth");
+        let cache = Path::new("/var/cache/hearth/target");
+        assert_eq!(
+            peers_dir_from(root, None, cache),
+            Path::new("/var/cache/hearth/target/peers")
+        );
+        assert_eq!(
+            peers_dir_from(root, Some("".into()), cache),
+            Path::new("/var/cache/hearth/target/peers")
+        );
+        assert_eq!(
+            peers_dir_from(root, Some("/opt/peers".into()), cache),
+            Path::new("/opt/peers")
+        );
+        // Relative to the workspace, where cargo runs.
+        assert_eq!(
+            peers_dir_from(root, Some("target/peers".into()), cache),
+            Path::new("/src/hearth/target/peers")
+        );
+    }
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|arg| (*arg).to_owned()).collect()

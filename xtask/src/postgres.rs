@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster on loopback, so the storage tests that read
 //! `HEARTH_TEST_POSTGRES` run against a real server.
 //!
-//! The cluster lives in `target/peers/postgres` and survives between runs
+//! The cluster lives in `<peers>/postgres` and survives between runs
 //! (initdb is the slow part); the server itself only runs while tests do.
 
 use std::env;
@@ -97,7 +97,7 @@ impl Cluster {
         let cluster = Self {
             bin,
             version,
-            dir: root.join("target/peers/postgres"),
+            dir: crate::peers_dir(root).join("postgres"),
             port,
             as_postgres,
         };

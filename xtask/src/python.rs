@@ -3,7 +3,7 @@
 //! `signing.key` files and signs JSON with, and `aiosmtpd`, an SMTP server
 //! that captures the mails Hearth sends.
 //!
-//! The virtualenv lives in `target/peers/python` and survives between runs;
+//! The virtualenv lives in `<peers>/python` and survives between runs;
 //! it is rebuilt only when it is missing, broken, or holds other versions
 //! than the ones pinned here.
 
@@ -32,7 +32,7 @@ pub(crate) struct Python {
 
 impl Python {
     /// Uses `HEARTH_TEST_PYTHON` when set, else makes sure the virtualenv in
-    /// `target/peers/python` exists with the pinned libraries.
+    /// `<peers>/python` exists with the pinned libraries.
     pub(crate) fn setup(root: &Path) -> Result<Self> {
         if let Some(interpreter) = env::var_os(PYTHON_VAR).filter(|p| !p.is_empty()) {
             eprintln!("xtask: using Python from {PYTHON_VAR}");
@@ -41,7 +41,7 @@ impl Python {
             });
         }
         let venv = Venv {
-            dir: root.join("target/peers/python"),
+            dir: crate::peers_dir(root).join("python"),
         };
         if venv.is_current() {
             eprintln!(

@@ -3,7 +3,7 @@
 //! Hearth's lookups against, and the end-to-end suite's source of real
 //! Sydent databases for `hearth identity import-sydent`.
 //!
-//! The virtualenv lives in `target/peers/sydent`, apart from the other
+//! The virtualenv lives in `<peers>/sydent`, apart from the other
 //! peers: Sydent pins old libraries (its own `signedjson`, Twisted) that
 //! should not move theirs. It survives between runs and is rebuilt only
 //! when it is missing, broken, or holds other versions than the ones
@@ -69,11 +69,11 @@ impl Sydent {
         Ok(sydent)
     }
 
-    /// Makes sure the virtualenv in `target/peers/sydent` holds exactly the
+    /// Makes sure the virtualenv in `<peers>/sydent` holds exactly the
     /// pinned versions. The bench always uses this one, so its report names
     /// what was measured.
     pub(crate) fn install(root: &Path) -> Result<Self> {
-        let dir = root.join("target/peers/sydent");
+        let dir = crate::peers_dir(root).join("sydent");
         let sydent = Self {
             python: dir.join("bin/python"),
         };

@@ -1,8 +1,8 @@
 //! A Python virtualenv with Synapse from PyPI (`matrix-synapse`), the real
 //! homeserver the end-to-end tests run the identity service against.
 //!
-//! The virtualenv lives in `target/peers/synapse`, apart from the small
-//! peers in `target/peers/python`: Synapse pulls in a large tree of
+//! The virtualenv lives in `<peers>/synapse`, apart from the small
+//! peers in `<peers>/python`: Synapse pulls in a large tree of
 //! dependencies that should not move their pins. It survives between runs
 //! and is rebuilt only when it is missing, broken, or holds another Synapse
 //! than the one pinned here.
@@ -40,7 +40,7 @@ pub(crate) struct Synapse {
 
 impl Synapse {
     /// Uses `HEARTH_TEST_SYNAPSE_PYTHON` when set, else makes sure the
-    /// virtualenv in `target/peers/synapse` exists with the pinned Synapse.
+    /// virtualenv in `<peers>/synapse` exists with the pinned Synapse.
     pub(crate) fn setup(root: &Path) -> Result<Self> {
         if let Some(interpreter) = env::var_os(PYTHON_VAR).filter(|p| !p.is_empty()) {
             eprintln!("xtask: using Synapse's Python from {PYTHON_VAR}");
@@ -48,7 +48,7 @@ impl Synapse {
                 interpreter: interpreter.into(),
             });
         }
-        let dir = root.join("target/peers/synapse");
+        let dir = crate::peers_dir(root).join("synapse");
         let interpreter = dir.join("bin/python");
         if is_current(&interpreter) {
             eprintln!("xtask: reusing the Synapse virtualenv in {}", dir.display());

@@ -2,9 +2,9 @@
 //! service alone on the shared listeners.
 
 use crate::config::{Config, EXAMPLE};
-use crate::{health, keys, serve};
+use crate::{audit, health, keys, serve, wiring};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hearth_core::ids::UserId;
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,6 +50,48 @@ enum Command {
     Keys(KeysCommand),
     /// Probe the admin listener's /health; exit 0 when healthy, 1 when not.
     Health,
+    /// Print config snippets that point a homeserver and clients at Hearth.
+    ///
+    /// Synapse's homeserver.yaml, the homeserver's /.well-known/matrix/client,
+    /// Element's config.json and LiveKit's TURN servers. Secrets are printed
+    /// only where the snippet needs them (an inline TURN secret for Synapse,
+    /// credentials for LiveKit), marked.
+    HomeserverConfig {
+        /// Which snippet to print.
+        #[arg(value_enum, default_value = "all")]
+        target: wiring::Target,
+        /// The homeserver's client URL, for m.homeserver in the well-known
+        /// and Element snippets, e.g. https://matrix.example.org.
+        #[arg(long)]
+        homeserver_url: Option<String>,
+        /// The homeserver's server name, for Element's m.homeserver.
+        #[arg(long)]
+        homeserver_name: Option<String>,
+        /// How long the TURN credentials in the LiveKit snippet last.
+        #[arg(long, default_value_t = 90, value_name = "DAYS")]
+        livekit_days: u64,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// List third-party services a Synapse or Element config depends on.
+    ///
+    /// Each comes with the change that points it at Hearth. Exits 1 when any
+    /// is found (so it can run in CI), 2 when a file cannot be read.
+    #[command(arg_required_else_help = true)]
+    Audit {
+        /// Synapse's homeserver.yaml.
+        #[arg(long, value_name = "FILE")]
+        synapse: Option<PathBuf>,
+        /// Element Web's config.json.
+        #[arg(long, value_name = "FILE")]
+        element: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), for packages.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +220,55 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health => {
             let config = load(config_path.as_ref())?;
             return Ok(health::probe(&config).await);
+        }
+        Command::HomeserverConfig {
+            target,
+            homeserver_url,
+            homeserver_name,
+            livekit_days,
+            output,
+        } => {
+            let config = load(config_path.as_ref())?;
+            let homeserver = homeserver_url.map(|base_url| wiring::Homeserver {
+                base_url,
+                server_name: homeserver_name,
+            });
+            let livekit = std::time::Duration::from_secs(livekit_days.saturating_mul(86_400));
+            let text = wiring::Wiring::from_config(&config, homeserver, livekit)?.render(target);
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Audit { synapse, element } => {
+            let config = load(config_path.as_ref())?;
+            // 1 means "found something"; a file that cannot be read is 2, so
+            // CI can tell the two apart.
+            return Ok(
+                match audit::run(
+                    &config,
+                    synapse.as_deref(),
+                    element.as_deref(),
+                    &mut std::io::stdout(),
+                ) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::from(2)
+                    }
+                },
+            );
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hearth", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
         }
     };
     let config = load(config_path.as_ref()).context("loading the config")?;

@@ -1,12 +1,14 @@
 //! The `hearth` binary: the command line, config loading, logging, and
 //! starting the listeners. Protocol logic lives in the library crates.
 
+mod audit;
 mod cli;
 mod config;
 mod health;
 mod keys;
 mod logging;
 mod serve;
+mod wiring;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! A Sydent installation to measure Hearth's lookups against: a fresh data
 //! directory per bench run, seeded while Sydent is stopped. Sydent itself
-//! (the pinned virtualenv in `target/peers/sydent`) comes from
+//! (the pinned virtualenv in `<peers>/sydent`) comes from
 //! `crate::sydent`, shared with the end-to-end suite.
 
 use std::fs;
