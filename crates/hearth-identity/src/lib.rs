@@ -117,7 +117,7 @@ pub async fn run_background(state: IdentityState, shutdown: impl std::future::Fu
         }
         // Builds the index at start, and follows a rotation before any
         // lookup has to wait for it.
-        if let Err(e) = state.index.refresh(&state).await {
+        if let Err(e) = state.index.refresh(&state, None).await {
             tracing::warn!(error = %e, "refreshing the lookup index failed; will retry");
         }
         if let Err(e) = lookup::prune_changes(&state.db).await {

@@ -199,11 +199,26 @@ impl LookupIndex {
         put(&mut snapshot.mxids, keys, mxid);
     }
 
-    /// Brings the index up to date: a new pepper in the database means a
-    /// rebuild (checked on every call, so a rotation takes effect at once);
-    /// other instances' changes are read at most once a second. Returns the
-    /// pepper the index is built for.
-    pub(crate) async fn refresh(&self, state: &IdentityState) -> Result<String, MatrixError> {
+    /// Brings the index up to date and returns the pepper it is built for.
+    /// Within a second of the last refresh the index answers as it is, with
+    /// no database query, unless the caller `expected` another pepper (a
+    /// rotation another instance made, which is then checked at once);
+    /// otherwise a new pepper in the database means a rebuild, and other
+    /// instances' changes are read.
+    pub(crate) async fn refresh(
+        &self,
+        state: &IdentityState,
+        expected: Option<&str>,
+    ) -> Result<String, MatrixError> {
+        {
+            let s = self.read();
+            if s.built
+                && s.refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+                && expected.is_none_or(|p| p == s.pepper)
+            {
+                return Ok(s.pepper.clone());
+            }
+        }
         let pepper = match current(&state.db).await? {
             Some(pepper) => pepper,
             None => rotate_pepper_if_due(&state.db, state.config.pepper_rotation).await?,
@@ -297,9 +312,12 @@ impl LookupIndex {
         }
         let mut mappings = Map::new();
         for hash in hashes {
-            let key = hearth_core::base64::decode(&hash.replace('-', "+").replace('_', "/"))
+            // A hash of another length, or not base64, is bound to nobody.
+            let mut bytes = [0u8; 33];
+            let key = hearth_core::base64::decode_url_safe_into(hash, &mut bytes)
                 .ok()
-                .and_then(|bytes| Digest32::try_from(bytes).ok());
+                .filter(|&n| n == 32)
+                .and_then(|_| Digest32::try_from(&bytes[..32]).ok());
             if let Some(mxid) = key.and_then(|k| snapshot.mxids.get(&k)) {
                 mappings.insert(hash.clone(), Value::String(mxid.to_string()));
             }
@@ -381,7 +399,7 @@ pub(crate) async fn hash_details(
     State(state): State<IdentityState>,
     _: TermsAccepted,
 ) -> Result<Json<HashDetails>, MatrixError> {
-    let lookup_pepper = state.index.refresh(&state).await?;
+    let lookup_pepper = state.index.refresh(&state, None).await?;
     Ok(Json(HashDetails {
         lookup_pepper,
         algorithms: algorithms(&state),
@@ -423,7 +441,7 @@ pub(crate) async fn lookup(
             "Unsupported algorithm {algorithm:?}"
         )));
     }
-    let pepper = state.index.refresh(&state).await?;
+    let pepper = state.index.refresh(&state, Some(&request.pepper)).await?;
     if pepper != request.pepper {
         return Err(invalid_pepper(algorithm, &pepper));
     }

@@ -489,6 +489,13 @@ async fn rotation_refuses_the_old_pepper_and_keeps_the_mappings() {
             .await
             .unwrap();
         assert_ne!(second, first);
+        // A client that learnt the new pepper from another instance is
+        // answered at once; `/hash_details` here follows within a second,
+        // as instances agree on binds.
+        let fresh = vec![sha256_lookup_hash("alice@example.org", "email", &second)];
+        let answered = lookup(&h, &alice, "sha256", &second, &fresh).await;
+        assert_eq!(answered.status, StatusCode::OK, "{}", answered.text());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         assert_eq!(lookup_pepper(&h, &alice).await, second);
         assert_eq!(
             hearth_identity::rotate_pepper_if_due(&db, every)
