@@ -168,7 +168,13 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("the integration manager builds: {e}"));
         let routes = parts.routes.expect("the integration manager serves HTTP");
-        let app = hearth_core::http::public_app([(routes.router, routes.policy)], &http);
+        // The router of `state` under the policy the service asks for, so a
+        // test's direct calls (export, forget) and its requests share one
+        // service, caches included, as in one process.
+        let app = hearth_core::http::public_app(
+            [(hearth_integrations::router(state.clone()), routes.policy)],
+            &http,
+        );
         Self {
             state,
             app,
