@@ -19,7 +19,7 @@ mod terms;
 pub use config::{AuthConfig, PolicyConfig, PolicyLanguage, TermsConfig};
 pub use extract::{Authenticated, TermsAccepted};
 pub use openid::OpenIdCredentials;
-pub use routes::{accept_terms, get_account, get_terms, logout};
+pub use routes::{Account, Empty, accept_terms, get_account, get_terms, logout};
 pub use terms::Terms;
 
 use axum::Router;

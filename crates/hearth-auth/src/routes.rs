@@ -9,13 +9,25 @@ use axum::response::{IntoResponse, Response};
 use hearth_core::{ErrCode, Json, MatrixError};
 use http::StatusCode;
 use http::request::Parts;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The `GET /account` answer.
+#[derive(Debug, Serialize)]
+pub struct Account {
+    pub user_id: hearth_core::ids::UserId,
+}
+
+/// An answer with nothing to say: `{}`.
+#[derive(Debug, Serialize)]
+pub struct Empty {}
 
 /// `GET /account`: who the token belongs to. Requires terms, so clients
 /// learn here that they must accept them (Element's flow does).
-pub async fn get_account(TermsAccepted(user): TermsAccepted) -> Json<Value> {
-    Json(json!({ "user_id": user.user_id }))
+pub async fn get_account(TermsAccepted(user): TermsAccepted) -> Json<Account> {
+    Json(Account {
+        user_id: user.user_id,
+    })
 }
 
 /// A token that may be unknown: logout reports that as `M_UNKNOWN_TOKEN`.
@@ -39,10 +51,10 @@ where
 pub async fn logout(
     State(auth): State<Auth>,
     LogoutToken(token): LogoutToken,
-) -> Result<Json<Value>, MatrixError> {
+) -> Result<Json<Empty>, MatrixError> {
     let token = token.ok_or_else(|| MatrixError::unauthorized("No access token was given"))?;
     if auth.delete_token(token.expose()).await? {
-        Ok(Json(json!({})))
+        Ok(Json(Empty {}))
     } else {
         Err(MatrixError::new(
             StatusCode::UNAUTHORIZED,
@@ -69,7 +81,7 @@ pub async fn accept_terms(
     State(auth): State<Auth>,
     user: Authenticated,
     Json(body): Json<AcceptTerms>,
-) -> Result<Json<Value>, MatrixError> {
+) -> Result<Json<Empty>, MatrixError> {
     let urls: Vec<&str> = body
         .user_accepts
         .iter()
@@ -77,7 +89,7 @@ pub async fn accept_terms(
         .filter(|u| auth.0.terms.is_current_url(u))
         .collect();
     store::accept_urls(&auth.0.db, auth.0.service, &user.user_id, &urls).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `GET /_hearth/terms/<service>/{id}/{version}/{lang}`: a policy document
