@@ -12,6 +12,28 @@ pub use homeserver::{FakeHomeserver, Recorded};
 pub use mail::Mail;
 pub use smtp::{SmtpCapture, python};
 
+/// The terms most service tests configure: one policy, `privacy_policy`
+/// version 1, in English, named `name`, at `url`.
+pub fn privacy_policy(name: &str, url: &str) -> hearth_auth::TermsConfig {
+    let languages = std::collections::BTreeMap::from([(
+        "en".to_owned(),
+        hearth_auth::PolicyLanguage {
+            name: name.to_owned(),
+            url: Some(url.to_owned()),
+            file: None,
+        },
+    )]);
+    hearth_auth::TermsConfig {
+        policies: std::collections::BTreeMap::from([(
+            "privacy_policy".to_owned(),
+            hearth_auth::PolicyConfig {
+                version: "1".to_owned(),
+                languages,
+            },
+        )]),
+    }
+}
+
 /// The spec's sha256 lookup hash (Identity Service API "Hashing"):
 /// `"<address> <medium> <pepper>"`, SHA-256, URL-safe unpadded base64.
 pub fn sha256_lookup_hash(address: &str, medium: &str, pepper: &str) -> String {

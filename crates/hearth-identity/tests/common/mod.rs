@@ -18,7 +18,6 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::routing::get;
-use hearth_auth::{PolicyConfig, PolicyLanguage};
 use hearth_core::ids::ServerName;
 use hearth_core::keys::SigningKey;
 use hearth_core::storage::{Database, testing};
@@ -30,7 +29,7 @@ pub(crate) use hearth_testkit::{FakeHomeserver, Mail, SmtpCapture, sha256_lookup
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
@@ -95,22 +94,7 @@ pub(crate) fn test_config() -> Config {
         public_base_url: Some(PUBLIC_BASE_URL.to_owned()),
         ..Config::default()
     };
-    let mut languages = BTreeMap::new();
-    languages.insert(
-        "en".to_owned(),
-        PolicyLanguage {
-            name: "Privacy policy".to_owned(),
-            url: Some(TERMS_URL.to_owned()),
-            file: None,
-        },
-    );
-    config.auth.terms.policies.insert(
-        "privacy_policy".to_owned(),
-        PolicyConfig {
-            version: "1".to_owned(),
-            languages,
-        },
-    );
+    config.auth.terms = hearth_testkit::privacy_policy("Privacy policy", TERMS_URL);
     config.email.smtp_host = "127.0.0.1".to_owned();
     // Nothing listens on the discard port here: sends fail until a
     // capture server is configured.

@@ -10,7 +10,6 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use hearth_auth::{PolicyConfig, PolicyLanguage};
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, testing};
@@ -21,7 +20,6 @@ use hearth_service::Service;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use tower::ServiceExt;
 
 pub(crate) const SERVER_NAME: &str = "im.test";
@@ -42,22 +40,7 @@ pub(crate) fn test_config() -> Config {
         public_base_url: Some(PUBLIC_BASE_URL.to_owned()),
         ..Config::default()
     };
-    let mut languages = BTreeMap::new();
-    languages.insert(
-        "en".to_owned(),
-        PolicyLanguage {
-            name: "Integration manager privacy".to_owned(),
-            url: Some(TERMS_URL.to_owned()),
-            file: None,
-        },
-    );
-    config.auth.terms.policies.insert(
-        "privacy_policy".to_owned(),
-        PolicyConfig {
-            version: "1".to_owned(),
-            languages,
-        },
-    );
+    config.auth.terms = hearth_testkit::privacy_policy("Integration manager privacy", TERMS_URL);
     config.widgets.jitsi_domain = Some("meet.example.org".to_owned());
     config
 }
