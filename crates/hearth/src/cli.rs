@@ -31,8 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: Option<IdentityCommand>,
     },
-    /// Run only the integration manager.
-    Integrations,
+    /// Run only the integration manager, or manage its data.
+    Integrations {
+        #[command(subcommand)]
+        command: Option<IntegrationsCommand>,
+    },
     /// Run only the key notary.
     Notary,
     /// Run only the TURN/STUN server, or print credentials.
@@ -92,6 +95,16 @@ enum Command {
     /// Print the man page (roff), for packages.
     #[command(hide = true)]
     Manpage,
+}
+
+#[derive(Debug, Subcommand)]
+enum IntegrationsCommand {
+    /// Print everything the integration manager holds about a user as JSON
+    /// (GDPR access request).
+    Export { user_id: String },
+    /// Erase it: tokens, accepted terms, sticker asset state (GDPR erasure
+    /// request).
+    Forget { user_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,7 +171,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity_command(&config, command, &mut std::io::stdout()).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Integrations => Some("integrations"),
+        Command::Integrations { command: None } => Some("integrations"),
+        Command::Integrations {
+            command: Some(command),
+        } => {
+            let config = load(config_path.as_ref())?;
+            integrations_command(&config, command, &mut std::io::stdout()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Notary => Some("notary"),
         Command::Turn { command: None } => Some("turn"),
         Command::Turn {
@@ -326,6 +346,37 @@ async fn identity_command(
 }
 
 /// Whether an export lists no binding, invite, token or acceptance.
+async fn integrations_command(
+    config: &Config,
+    command: IntegrationsCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let ctx = serve::context(config).await?;
+    let state = hearth_integrations::build(&config.integrations, &ctx)?;
+    match command {
+        IntegrationsCommand::Export { user_id } => {
+            let user_id = UserId::parse(&user_id)?;
+            let data = hearth_integrations::export(&state, &user_id).await?;
+            serde_json::to_writer_pretty(&mut *out, &data)?;
+            writeln!(out)?;
+        }
+        IntegrationsCommand::Forget { user_id } => {
+            let user_id = UserId::parse(&user_id)?;
+            let held = hearth_integrations::export(&state, &user_id).await?;
+            hearth_integrations::forget(&state, &user_id).await?;
+            if holds_nothing(&held) {
+                writeln!(out, "nothing was held about {user_id}")?;
+            } else {
+                writeln!(out, "erased everything held about {user_id}")?;
+            }
+        }
+    }
+    ctx.db.close().await;
+    Ok(())
+}
+
+/// Whether an export (identity's or the integration manager's) lists
+/// nothing about the user.
 fn holds_nothing(export: &serde_json::Value) -> bool {
     let empty = |value: &serde_json::Value| match value {
         serde_json::Value::Array(items) => items.is_empty(),
@@ -335,6 +386,7 @@ fn holds_nothing(export: &serde_json::Value) -> bool {
     };
     empty(&export["associations"])
         && empty(&export["pending_invites_sent"])
+        && empty(&export["widget_assets"])
         && empty(&export["account"]["active_tokens"])
         && empty(&export["account"]["accepted_terms"])
 }
