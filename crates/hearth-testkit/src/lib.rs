@@ -6,10 +6,12 @@
 pub mod federation;
 pub mod homeserver;
 pub mod mail;
+pub mod response;
 pub mod smtp;
 
 pub use homeserver::{FakeHomeserver, Recorded};
 pub use mail::Mail;
+pub use response::TestResponse;
 pub use smtp::{SmtpCapture, python};
 
 /// The terms most service tests configure: one policy, `privacy_policy`

@@ -15,7 +15,7 @@
 #![allow(dead_code)]
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use hearth_core::ids::ServerName;
@@ -26,8 +26,7 @@ use hearth_federation::config::ServerOverride;
 use hearth_federation::{FederationClient, FederationConfig};
 use hearth_identity::{Config, IdentityState, SmsSender, SmtpTls};
 pub(crate) use hearth_testkit::{FakeHomeserver, Mail, SmtpCapture, sha256_lookup_hash};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,36 +105,7 @@ pub(crate) fn test_config() -> Config {
     config
 }
 
-/// An answer from the router.
-#[derive(Debug)]
-pub(crate) struct TestResponse {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-}
-
-impl TestResponse {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The `errcode` of a Matrix error.
-    pub(crate) fn errcode(&self) -> String {
-        self.json()["errcode"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
+pub(crate) use hearth_testkit::TestResponse;
 
 /// The identity service on a test database, with a fake homeserver.
 #[derive(Debug)]
@@ -183,14 +153,7 @@ impl Harness {
             .oneshot(request.body(body).unwrap())
             .await
             .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+        TestResponse::read(response).await
     }
 
     /// `GET /_matrix/identity/v2<path>`.
@@ -336,7 +299,7 @@ impl Harness {
 
     /// Any request through the router, headers as given.
     pub(crate) async fn send(&self, request: Request<Body>) -> TestResponse {
-        into_test_response(self.router.clone().oneshot(request).await.unwrap()).await
+        TestResponse::read(self.router.clone().oneshot(request).await.unwrap()).await
     }
 
     /// A request through the router wrapped as the binary serves it
@@ -356,18 +319,7 @@ impl Harness {
             .uri(uri)
             .body(Body::empty())
             .unwrap();
-        into_test_response(app.oneshot(request).await.unwrap()).await
-    }
-}
-
-async fn into_test_response(response: axum::response::Response) -> TestResponse {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    TestResponse {
-        status,
-        headers,
-        body,
+        TestResponse::read(app.oneshot(request).await.unwrap()).await
     }
 }
 

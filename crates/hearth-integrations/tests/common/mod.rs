@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, testing};
@@ -17,8 +17,7 @@ use hearth_federation::config::ServerOverride;
 use hearth_federation::{FederationClient, FederationConfig};
 use hearth_integrations::{Config, IntegrationsState, TitleLookupConfig};
 use hearth_service::Service;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -55,47 +54,7 @@ pub(crate) async fn serve(app: Router) -> (String, tokio::task::JoinHandle<()>) 
     (url, task)
 }
 
-/// An answer from the router.
-#[derive(Debug)]
-pub(crate) struct TestResponse {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-}
-
-impl TestResponse {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// An HTML page's text, with the slashes minijinja escapes in
-    /// attribute values (`&#x2f;`) read back as a browser reads them.
-    pub(crate) fn page(&self) -> String {
-        self.text().replace("&#x2f;", "/")
-    }
-
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub(crate) fn errcode(&self) -> String {
-        self.json()["errcode"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    #[track_caller]
-    pub(crate) fn assert_error(&self, status: StatusCode, errcode: &str) {
-        assert_eq!(self.status, status, "{}", self.text());
-        assert_eq!(self.errcode(), errcode, "{}", self.text());
-    }
-}
+pub(crate) use hearth_testkit::TestResponse;
 
 /// The service on a test database with a fake homeserver.
 #[derive(Debug)]
@@ -196,14 +155,7 @@ impl Harness {
             .oneshot(request.body(body.unwrap_or_else(Body::empty)).unwrap())
             .await
             .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        TestResponse {
-            status,
-            headers,
-            body,
-        }
+        TestResponse::read(response).await
     }
 
     pub(crate) async fn get(&self, uri: &str) -> TestResponse {
