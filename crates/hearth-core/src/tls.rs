@@ -86,9 +86,10 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    /// A self-signed certificate for `name`, written into `dir`.
+    /// A self-signed certificate for `localhost`, written into `dir` as
+    /// `name`.
     fn write_cert(dir: &Path, name: &str) -> (TlsFiles, Vec<u8>) {
-        let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let files = TlsFiles {
             certificate: dir.join(format!("{name}.pem")),
             private_key: dir.join(format!("{name}.key")),
@@ -121,62 +122,20 @@ mod tests {
         port
     }
 
-    /// A client that accepts any certificate and reports the one it saw.
-    #[derive(Debug)]
-    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-    impl rustls::client::danger::ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
     type Client = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-    /// Connects and exchanges a byte, so the handshake is done.
-    fn connect(port: u16) -> Client {
+    /// Connects trusting the certificates `roots` (self-signed), and
+    /// exchanges a byte, so the handshake is done.
+    fn connect(port: u16, roots: &[&[u8]]) -> Client {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.to_vec().into()).unwrap();
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_root_certificates(store)
             .with_no_client_auth();
         let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
@@ -207,10 +166,11 @@ mod tests {
         let cert = ServerCert::load(&old_files).unwrap();
         let port = echo_server(cert.server_config(&[]));
 
-        let mut before = connect(port);
+        let roots = [old_der.as_slice(), new_der.as_slice()];
+        let mut before = connect(port, &roots);
         assert_eq!(presented(&before), old_der);
         cert.replace(ServerCert::read(&new_files).unwrap());
-        assert_eq!(presented(&connect(port)), new_der);
+        assert_eq!(presented(&connect(port, &roots)), new_der);
         echo(&mut before);
         assert_eq!(presented(&before), old_der);
     }

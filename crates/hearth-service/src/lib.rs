@@ -206,8 +206,9 @@ pub fn section<T: Service>(new: &dyn Service) -> Result<&T, ServiceError> {
     let any: &dyn Any = new;
     any.downcast_ref::<T>().ok_or_else(|| {
         ServiceError::Config(format!(
-            "{}: reloaded with another service's section",
-            new.name()
+            "a reload handed the [{}] section to the reload of {}",
+            new.name(),
+            std::any::type_name::<T>()
         ))
     })
 }

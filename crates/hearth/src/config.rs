@@ -122,7 +122,12 @@ impl Config {
         );
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
-        let sources = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        // The typed values (secrets as placeholders) if the untyped ones
+        // cannot be had: the comparison then only misses secrets.
+        let sources = figment
+            .extract()
+            .or_else(|_| serde_json::to_value(&config))
+            .unwrap_or_default();
         Ok((config, sources))
     }
 

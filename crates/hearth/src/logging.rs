@@ -97,24 +97,21 @@ impl Logging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    /// A file the logger writes to, and what it holds so far.
+    struct Output(tempfile::NamedTempFile);
 
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
+    impl Output {
+        fn new() -> Self {
+            Self(tempfile::NamedTempFile::new().unwrap())
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
-    impl Lines {
+        fn writer(&self) -> std::fs::File {
+            self.0.reopen().unwrap()
+        }
+
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+            std::fs::read_to_string(self.0.path()).unwrap()
         }
     }
 
@@ -131,10 +128,9 @@ mod tests {
     #[test]
     fn a_reloaded_filter_applies_to_the_next_events() {
         for format in [LogFormat::Text, LogFormat::Json] {
-            let lines = Lines::default();
-            let writer = lines.clone();
+            let lines = Output::new();
             let (subscriber, logging) =
-                build(&config("warn", format), None, false, move || writer.clone()).unwrap();
+                build(&config("warn", format), None, false, lines.writer()).unwrap();
             let _guard = tracing::subscriber::set_default(subscriber);
             tracing::info!("before the reload");
             assert!(
@@ -157,13 +153,12 @@ mod tests {
     /// the reload says so.
     #[test]
     fn rust_log_keeps_winning_over_a_reloaded_filter() {
-        let lines = Lines::default();
-        let writer = lines.clone();
+        let lines = Output::new();
         let (subscriber, logging) = build(
             &config("info", LogFormat::Text),
             Some("warn".to_owned()),
             false,
-            move || writer.clone(),
+            lines.writer(),
         )
         .unwrap();
         let _guard = tracing::subscriber::set_default(subscriber);
