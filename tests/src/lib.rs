@@ -321,13 +321,23 @@ impl Hearth {
 
     /// Sends SIGTERM, as systemd and container runtimes stop services.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP, as `systemctl reload` and `docker kill -s HUP` do.
+    pub fn hangup(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends `SIG<name>` with `kill`.
+    fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("running kill");
         assert!(
             status.success(),
-            "kill -TERM {} failed: {status}",
+            "kill -{name} {} failed: {status}",
             self.pid()
         );
     }

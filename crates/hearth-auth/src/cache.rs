@@ -190,6 +190,14 @@ impl Cache {
         self.lock().tokens.pop(hash);
     }
 
+    /// Forgets every acceptance, for new policies. The generation moves, so
+    /// an answer asked about the old policies is not kept either.
+    pub(crate) fn drop_acceptances(&self) {
+        let mut state = self.lock();
+        state.accepted.clear();
+        state.generation += 1;
+    }
+
     /// This instance's own erasure, at once.
     pub(crate) fn drop_user(&self, user_id: &UserId) {
         forget_user(&mut self.lock(), user_id.as_str());

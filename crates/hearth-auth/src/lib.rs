@@ -22,6 +22,7 @@ pub use openid::OpenIdCredentials;
 pub use routes::{Account, Empty, accept_terms, get_account, get_terms, logout};
 pub use terms::Terms;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::FromRef;
 use hearth_core::MatrixError;
@@ -55,7 +56,10 @@ struct Inner {
     service: &'static str,
     db: Database,
     federation: FederationClient,
-    terms: Terms,
+    /// Replaced as a whole on reload; requests read the current one.
+    terms: ArcSwap<Terms>,
+    /// Where served policy documents live, for terms built on reload.
+    public_base_url: String,
     allowed_homeservers: Vec<ServerName>,
     query_token_names: &'static [&'static str],
     cache: cache::Cache,
@@ -77,7 +81,8 @@ impl Auth {
             service,
             db,
             federation,
-            terms: Terms::new(service, &config.terms, public_base_url)?,
+            terms: ArcSwap::from_pointee(Terms::new(service, &config.terms, public_base_url)?),
+            public_base_url: public_base_url.to_owned(),
             allowed_homeservers: config.allowed_homeservers.clone(),
             query_token_names,
             cache: cache::Cache::new(),
@@ -102,15 +107,18 @@ impl Auth {
     /// Whether `user_id` accepted every current policy; once true, from
     /// memory.
     pub(crate) async fn terms_accepted(&self, user_id: &UserId) -> Result<bool, MatrixError> {
-        if self.0.terms.is_empty() {
+        if self.terms().is_empty() {
             return Ok(true);
         }
         let asked = self.0.cache.refresh(&self.0.db, self.0.service).await?;
         if self.0.cache.accepted(user_id) {
             return Ok(true);
         }
+        // Read after `asked`: terms replaced since then also moved the
+        // cache's generation, so an answer about older terms is not kept.
+        let terms = self.terms();
         let accepted = store::accepted_urls(&self.0.db, self.0.service, user_id).await?;
-        let all = self.0.terms.all_accepted(&accepted);
+        let all = terms.all_accepted(&accepted);
         if all {
             self.0.cache.keep_accepted(asked, user_id.clone());
         }
@@ -126,8 +134,24 @@ impl Auth {
         Ok(deleted)
     }
 
-    pub fn terms(&self) -> &Terms {
-        &self.0.terms
+    /// The current policies.
+    pub fn terms(&self) -> Arc<Terms> {
+        self.0.terms.load_full()
+    }
+
+    /// Checks and builds policies from `config` for this service, changing
+    /// nothing: the first half of a reload.
+    pub fn new_terms(&self, config: &TermsConfig) -> Result<Terms, String> {
+        Terms::new(self.0.service, config, &self.0.public_base_url)
+    }
+
+    /// Serves `terms` from now on. Acceptances held in memory were of the
+    /// old policies, so they are dropped: a user who accepted only an older
+    /// version must accept again (MSC2140), and one who accepted the current
+    /// version is found in the database as before.
+    pub fn replace_terms(&self, terms: Terms) {
+        self.0.terms.store(Arc::new(terms));
+        self.0.cache.drop_acceptances();
     }
 
     /// The route serving this service's policy documents, under its own
@@ -205,6 +229,27 @@ mod tests {
 
     const POLICY_URL: &str = "https://example.org/privacy-1.html";
 
+    /// One policy, "privacy", at `version`, with the document at `url`.
+    fn privacy_policy(version: &str, url: &str) -> TermsConfig {
+        let mut terms = TermsConfig::default();
+        terms.policies.insert(
+            "privacy".to_owned(),
+            PolicyConfig {
+                version: version.to_owned(),
+                languages: [(
+                    "en".to_owned(),
+                    PolicyLanguage {
+                        name: "Privacy".to_owned(),
+                        url: Some(url.to_owned()),
+                        file: None,
+                    },
+                )]
+                .into(),
+            },
+        );
+        terms
+    }
+
     /// One instance's auth for the identity service, with one policy.
     fn instance(db: &Database) -> Auth {
         let federation = FederationClient::new(
@@ -213,25 +258,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let mut terms = TermsConfig::default();
-        terms.policies.insert(
-            "privacy".to_owned(),
-            PolicyConfig {
-                version: "1".to_owned(),
-                languages: [(
-                    "en".to_owned(),
-                    PolicyLanguage {
-                        name: "Privacy".to_owned(),
-                        url: Some(POLICY_URL.to_owned()),
-                        file: None,
-                    },
-                )]
-                .into(),
-            },
-        );
         let config = AuthConfig {
             allowed_homeservers: Vec::new(),
-            terms,
+            terms: privacy_policy("1", POLICY_URL),
         };
         Auth::new(
             "identity",
@@ -289,6 +318,46 @@ mod tests {
             assert_eq!(auth.token_user(&token).await.unwrap(), Some(alice()));
             assert!(auth.terms_accepted(&alice()).await.unwrap());
         }
+    }
+
+    /// Reloaded terms (SIGHUP) are what `GET /terms` shows from then on, and
+    /// an acceptance held in memory for the old version no longer counts:
+    /// the user must accept the new version (MSC2140), and then does.
+    #[tokio::test]
+    async fn replaced_terms_ask_users_of_the_old_version_again() {
+        let (db, _dir) = hearth_core::storage::testing::sqlite(&crate::SCHEMA).await;
+        let auth = instance(&db);
+        store::accept_urls(&db, "identity", &alice(), &[POLICY_URL])
+            .await
+            .unwrap();
+        assert!(auth.terms_accepted(&alice()).await.unwrap());
+
+        let v2_url = "https://example.org/privacy-2.html";
+        let v2 = auth.new_terms(&privacy_policy("2", v2_url)).unwrap();
+        // Prepared, not applied: nothing changed yet.
+        assert_eq!(
+            auth.terms().to_json()["policies"]["privacy"]["version"],
+            "1"
+        );
+        auth.replace_terms(v2);
+        assert_eq!(
+            auth.terms().to_json()["policies"]["privacy"]["version"],
+            "2"
+        );
+        assert!(!auth.terms_accepted(&alice()).await.unwrap());
+        assert!(auth.terms().is_current_url(v2_url));
+        store::accept_urls(&db, "identity", &alice(), &[v2_url])
+            .await
+            .unwrap();
+        assert!(auth.terms_accepted(&alice()).await.unwrap());
+
+        let mut bad = privacy_policy("3", v2_url);
+        bad.policies.get_mut("privacy").unwrap().languages.clear();
+        let err = auth.new_terms(&bad).unwrap_err();
+        assert!(
+            err.contains("identity.auth.terms.policies.privacy"),
+            "{err}"
+        );
     }
 
     /// Issue 10 item 10: instances sharing a database agree within a

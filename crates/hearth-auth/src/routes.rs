@@ -66,7 +66,7 @@ pub async fn logout(
 
 /// `GET /terms`: the current policies; no auth.
 pub async fn get_terms(State(auth): State<Auth>) -> Json<Value> {
-    Json(auth.0.terms.to_json())
+    Json(auth.terms().to_json())
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,11 +82,12 @@ pub async fn accept_terms(
     user: Authenticated,
     Json(body): Json<AcceptTerms>,
 ) -> Result<Json<Empty>, MatrixError> {
+    let terms = auth.terms();
     let urls: Vec<&str> = body
         .user_accepts
         .iter()
         .map(String::as_str)
-        .filter(|u| auth.0.terms.is_current_url(u))
+        .filter(|u| terms.is_current_url(u))
         .collect();
     store::accept_urls(&auth.0.db, auth.0.service, &user.user_id, &urls).await?;
     Ok(Json(Empty {}))
@@ -99,9 +100,9 @@ pub(crate) async fn terms_document(
     Path((id, version, lang)): Path<(String, String, String)>,
 ) -> Result<Response, MatrixError> {
     let file = auth
-        .0
-        .terms
+        .terms()
         .document(&id, &version, &lang)
+        .cloned()
         .ok_or_else(|| MatrixError::not_found("No such policy document"))?;
     let body = tokio::fs::read(file)
         .await

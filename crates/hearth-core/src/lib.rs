@@ -16,6 +16,7 @@ pub mod signed_json;
 pub mod storage;
 pub mod templates;
 pub mod time;
+pub mod tls;
 
 pub use error::{ErrCode, MatrixError};
 pub use http::Json;

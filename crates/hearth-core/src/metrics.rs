@@ -29,6 +29,13 @@ pub fn install() -> PrometheusHandle {
                 metrics::Unit::Seconds,
                 "Time to answer a public HTTP request, by route template"
             );
+            metrics::describe_counter!(
+                "hearth_config_reloads_total",
+                "Config reloads on SIGHUP, by outcome (ok, or error: nothing was applied)"
+            );
+            for outcome in ["ok", "error"] {
+                metrics::counter!("hearth_config_reloads_total", "outcome" => outcome).absolute(0);
+            }
             // A series from the start, so a scrape before the first request
             // already tells the scraper which build it watches.
             metrics::describe_gauge!("hearth_build_info", "The running build of Hearth");

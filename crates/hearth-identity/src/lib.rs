@@ -41,7 +41,9 @@ use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyRing, SigningKey};
 use hearth_core::storage::{Database, Migration, Schema};
 use hearth_federation::{FederationClient, KeyStore, Outbound};
-use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError, Task};
+use hearth_service::{
+    BoxFuture, Context, HttpPolicy, Parts, Prepared, Reload, Routes, Service, ServiceError, Task,
+};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -237,8 +239,32 @@ impl Service for Config {
                     state.public_base_url
                 )],
                 advice: advice(self),
+                reload: Some(Box::new(TermsReload(state.auth.clone()))),
             })
         })
+    }
+}
+
+/// On reload the identity service takes its new terms; the rest of its
+/// section (mail, SMS, lookups) needs a restart.
+#[derive(Debug)]
+struct TermsReload(Auth);
+
+impl Reload for TermsReload {
+    fn keys(&self) -> &'static [&'static str] {
+        &["auth.terms"]
+    }
+
+    fn prepare(&self, new: &dyn Service) -> Result<Prepared, ServiceError> {
+        let new: &Config = hearth_service::section(new)?;
+        let terms = self
+            .0
+            .new_terms(&new.auth.terms)
+            .map_err(ServiceError::Config)?;
+        let auth = self.0.clone();
+        Ok(Prepared::new(vec!["terms".to_owned()], move || {
+            auth.replace_terms(terms);
+        }))
     }
 }
 

@@ -23,13 +23,16 @@ pub use config::{BotConfig, Config, TitleLookupConfig, WidgetsConfig};
 pub use gdpr::{export, forget};
 pub use title::PageFetcher;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, post};
 use hearth_auth::Auth;
 use hearth_core::ids::ServerName;
 use hearth_core::storage::{Database, Migration, Schema};
-use hearth_service::{BoxFuture, Context, HttpPolicy, Parts, Routes, Service, ServiceError};
+use hearth_service::{
+    BoxFuture, Context, HttpPolicy, Parts, Prepared, Reload, Routes, Service, ServiceError,
+};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -54,9 +57,11 @@ pub struct Integrations {
     pub public_base_url: String,
     pub db: Database,
     pub auth: Auth,
+    /// The section as at start; the terms and the catalog follow reloads.
     pub config: Config,
     pub(crate) pages: PageFetcher,
-    pub(crate) catalog: catalog::Catalog,
+    /// Replaced as a whole on reload.
+    pub(crate) catalog: ArcSwap<catalog::Catalog>,
     pub(crate) ui: ui::Pages,
     pub(crate) titles: scalar::TitleCache,
 }
@@ -87,6 +92,12 @@ fn public_base_url(server_name: &ServerName, config: &Config) -> String {
         .to_owned()
 }
 
+/// The catalog of `config`, its widget pages under `public_base_url`.
+fn new_catalog(config: &Config, public_base_url: &str) -> Result<catalog::Catalog, ServiceError> {
+    catalog::Catalog::new(&config.widgets, &config.bots, public_base_url)
+        .map_err(|e| ServiceError::Config(format!("integrations.{e}")))
+}
+
 /// Checks the config without opening anything (for `hearth config check`):
 /// the base URL, terms, catalog (bot avatars included) and templates.
 pub fn check(server_name: &ServerName, config: &Config) -> Result<(), ServiceError> {
@@ -101,8 +112,7 @@ pub fn check(server_name: &ServerName, config: &Config) -> Result<(), ServiceErr
             ))
         })?;
     hearth_auth::Terms::new(SERVICE, &config.auth.terms, &base).map_err(ServiceError::Config)?;
-    catalog::Catalog::new(&config.widgets, &config.bots, &base)
-        .map_err(|e| ServiceError::Config(format!("integrations.{e}")))?;
+    new_catalog(config, &base)?;
     ui::Pages::new(config.templates_dir.as_deref())?;
     Ok(())
 }
@@ -124,15 +134,14 @@ pub fn build(config: &Config, ctx: &Context) -> Result<IntegrationsState, Servic
         &["scalar_token", "access_token"],
     )
     .map_err(ServiceError::Config)?;
-    let catalog = catalog::Catalog::new(&config.widgets, &config.bots, &public_base_url)
-        .map_err(|e| ServiceError::Config(format!("integrations.{e}")))?;
+    let catalog = new_catalog(config, &public_base_url)?;
     let ui = ui::Pages::new(config.templates_dir.as_deref())?;
     Ok(IntegrationsState(Arc::new(Integrations {
         server_name: ctx.server_name.clone(),
         pages: PageFetcher::new(ctx.outbound.clone(), &config.title_lookup),
         db: ctx.db.clone(),
         auth,
-        catalog,
+        catalog: ArcSwap::from_pointee(catalog),
         ui,
         titles: scalar::TitleCache::default(),
         public_base_url,
@@ -171,8 +180,37 @@ impl Service for Config {
                     "integrations  Element's integrations_ui_url {base}/element, integrations_rest_url {base}/api"
                 )],
                 advice: advice(self),
+                reload: Some(Box::new(CatalogReload(state))),
             })
         })
+    }
+}
+
+/// On reload the integration manager takes its new terms and catalog
+/// (widgets and bots, avatars read again); the rest of its section needs a
+/// restart, `public_base_url` included: both keep the running base URL.
+#[derive(Debug)]
+struct CatalogReload(IntegrationsState);
+
+impl Reload for CatalogReload {
+    fn keys(&self) -> &'static [&'static str] {
+        &["auth.terms", "widgets", "bots"]
+    }
+
+    fn prepare(&self, new: &dyn Service) -> Result<Prepared, ServiceError> {
+        let new: &Config = hearth_service::section(new)?;
+        let terms = self
+            .0
+            .auth
+            .new_terms(&new.auth.terms)
+            .map_err(ServiceError::Config)?;
+        let catalog = new_catalog(new, &self.0.public_base_url)?;
+        let state = self.0.clone();
+        let applies = vec!["terms".to_owned(), "widget catalog".to_owned()];
+        Ok(Prepared::new(applies, move || {
+            state.auth.replace_terms(terms);
+            state.catalog.store(Arc::new(catalog));
+        }))
     }
 }
 

@@ -201,7 +201,8 @@ async fn manager(
     } else {
         "light"
     };
-    let catalog = &state.catalog.ui;
+    let catalog = state.catalog.load_full();
+    let catalog = &catalog.ui;
     let mut kinds = Vec::new();
     if catalog.jitsi_domain.is_some() {
         kinds.push(Kind {
@@ -290,8 +291,8 @@ async fn bot_avatar(
     State(state): State<IntegrationsState>,
     Path(index): Path<usize>,
 ) -> Result<Response, MatrixError> {
-    let avatar = state
-        .catalog
+    let catalog = state.catalog.load_full();
+    let avatar = catalog
         .avatars
         .get(index)
         .and_then(Option::as_ref)
@@ -384,15 +385,13 @@ async fn video(
     State(state): State<IntegrationsState>,
     Query(query): Query<Wrapped>,
 ) -> Result<Response, MatrixError> {
-    let target = query
-        .url
-        .as_deref()
-        .and_then(|u| state.catalog.video_embed(u));
+    let catalog = state.catalog.load_full();
+    let target = query.url.as_deref().and_then(|u| catalog.video_embed(u));
     frame_page(
         &state,
         target,
         query.title,
-        &state.catalog.video_hosts(),
+        &catalog.video_hosts(),
         "This is not a YouTube or Vimeo video address.",
     )
 }
@@ -401,7 +400,8 @@ async fn video(
 /// conference in the fragment (`conferenceDomain=$domain&…`) and the legacy
 /// `confId` in the query. The script frames the operator's Jitsi only.
 async fn jitsi(State(state): State<IntegrationsState>) -> Result<Response, MatrixError> {
-    let Some(domain) = &state.catalog.ui.jitsi_domain else {
+    let catalog = state.catalog.load_full();
+    let Some(domain) = &catalog.ui.jitsi_domain else {
         return Err(MatrixError::new(
             StatusCode::NOT_FOUND,
             ErrCode::NOT_FOUND,

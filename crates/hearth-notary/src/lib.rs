@@ -166,6 +166,8 @@ impl Service for Config {
                 )],
                 summary,
                 advice: Vec::new(),
+                // Keys, upstreams and cache bounds are read at start.
+                reload: None,
             })
         })
     }

@@ -2,8 +2,15 @@
 //! every enabled [`Service`]; each service turns its config section and that
 //! context into the same [`Parts`]: HTTP routes under their own
 //! [`HttpPolicy`], background tasks (non-HTTP listeners such as TURN's are
-//! tasks too), and its lines in the start-up summary. The binary loops over
-//! its list of services and knows nothing else about them.
+//! tasks too), its lines in the start-up summary, and optionally a
+//! [`Reload`] handle. The binary loops over its list of services and knows
+//! nothing else about them.
+//!
+//! Reloading (SIGHUP) is two-phase so that it is all or nothing: the binary
+//! re-reads the whole config, asks every running service's [`Reload`] to
+//! [`prepare`](Reload::prepare) its new section (checking it and building
+//! what it would swap in, changing nothing), and only when every service
+//! and the binary's own parts prepared does it apply them all.
 
 use axum::Router;
 use hearth_core::config::HttpConfig;
@@ -12,6 +19,7 @@ use hearth_core::ids::ServerName;
 use hearth_core::keys::KeyRing;
 use hearth_core::storage::{Database, Schema};
 use hearth_federation::{FederationClient, KeyStore, Outbound};
+use std::any::Any;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -139,6 +147,70 @@ pub struct Parts {
     pub summary: Vec<String>,
     /// What production still needs, one short item each.
     pub advice: Vec<String>,
+    /// What of its section the service can apply while it runs.
+    pub reload: Option<Box<dyn Reload>>,
+}
+
+/// A running service's reloadable state. Everything in its section outside
+/// [`Reload::keys`] needs a restart, and the binary says so when it changes.
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    /// The keys of the section a reload applies, relative to it
+    /// (`"auth.terms"`, `"widgets"`); a key covers everything under it.
+    fn keys(&self) -> &'static [&'static str];
+
+    /// Checks `new`, the same service's freshly loaded section (see
+    /// [`section`]), and builds what it would swap in, changing nothing
+    /// that runs. An error leaves every service as it was.
+    fn prepare(&self, new: &dyn Service) -> Result<Prepared, ServiceError>;
+}
+
+/// A reload that was checked and is ready to apply; applying cannot fail.
+pub struct Prepared {
+    /// What applying it swaps in, for the reload's log line ("terms").
+    pub applies: Vec<String>,
+    /// Keys that changed but that this process cannot apply (its listeners
+    /// were opened without them), named in full for the operator.
+    pub needs_restart: Vec<String>,
+    apply: Box<dyn FnOnce() + Send>,
+}
+
+impl Prepared {
+    pub fn new(applies: Vec<String>, apply: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            applies,
+            needs_restart: Vec::new(),
+            apply: Box::new(apply),
+        }
+    }
+
+    /// Swaps the prepared state in; what it applied.
+    pub fn commit(self) -> Vec<String> {
+        (self.apply)();
+        self.applies
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("applies", &self.applies)
+            .field("needs_restart", &self.needs_restart)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The section a [`Reload::prepare`] receives, as its own type. The binary
+/// hands each service the section of the same name, so another type is a
+/// bug, reported rather than applied.
+pub fn section<T: Service>(new: &dyn Service) -> Result<&T, ServiceError> {
+    let any: &dyn Any = new;
+    any.downcast_ref::<T>().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "a reload handed the [{}] section to the reload of {}",
+            new.name(),
+            std::any::type_name::<T>()
+        ))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +225,7 @@ pub enum ServiceError {
 
 /// One service, as the binary sees it. Implemented by the service's config
 /// section, so the binary's list of services is its list of sections.
-pub trait Service: Send + Sync {
+pub trait Service: Any + Send + Sync {
     /// The section name, also used by `hearth <name>`.
     fn name(&self) -> &'static str;
     fn enabled(&self) -> bool;

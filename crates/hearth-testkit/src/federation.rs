@@ -5,11 +5,12 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use hearth_core::http::{Listener, TlsFiles, load_tls, serve};
+use hearth_core::http::{Listener, serve, tls_acceptor};
 use hearth_core::ids::ServerName;
 use hearth_core::keys::{KeyVersion, SigningKey};
 use hearth_core::signed_json::sign_json;
 use hearth_core::time::now_ms;
+use hearth_core::tls::{ServerCert, TlsFiles};
 use hearth_federation::BoxFuture;
 use hearth_federation::connect::{Dns, SrvTarget};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -81,7 +82,9 @@ impl TestCa {
     pub fn listener(&self, tcp: TcpListener, cert_name: &str) -> Listener {
         Listener {
             tcp,
-            tls: Some(load_tls(&self.certificate(cert_name)).unwrap()),
+            tls: Some(tls_acceptor(
+                &ServerCert::load(&self.certificate(cert_name)).unwrap(),
+            )),
         }
     }
 }

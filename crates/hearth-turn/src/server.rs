@@ -14,6 +14,7 @@ use crate::policy::PeerPolicy;
 use crate::stats::{self, Relayed};
 use crate::stun::{self, Builder, Class, attr, method};
 use crate::{TurnError, stream};
+use hearth_core::tls::ServerCert;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::collections::HashMap;
 use std::future::Future;
@@ -464,7 +465,7 @@ pub struct Server {
     udp: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
-    tls_config: Option<Arc<rustls::ServerConfig>>,
+    tls_cert: Option<Arc<ServerCert>>,
 }
 
 /// Binds one listener address; the unspecified IPv6 address on a host
@@ -565,17 +566,17 @@ impl Server {
             tcp.extend(optional_bind(addr, "tcp", || tcp_listener(addr))?);
         }
         let mut tls = Vec::new();
-        let tls_config = if config.tls_enabled() {
+        let tls_cert = if config.tls_enabled() {
             let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
                 return Err(TurnError::Config(
                     "set both `tls_cert_file` and `tls_key_file`".into(),
                 ));
             };
-            let tls_config = stream::load_tls(cert, key)?;
+            let tls_cert = stream::load_tls(cert, key)?;
             for &addr in &config.tls {
                 tls.extend(optional_bind(addr, "tls", || tcp_listener(addr))?);
             }
-            Some(tls_config)
+            Some(tls_cert)
         } else {
             None
         };
@@ -584,8 +585,13 @@ impl Server {
             udp,
             tcp,
             tls,
-            tls_config,
+            tls_cert,
         })
+    }
+
+    /// The TLS listeners' certificate, which a reload may replace.
+    pub fn tls_cert(&self) -> Option<Arc<ServerCert>> {
+        self.tls_cert.clone()
     }
 
     /// The bound UDP, TCP and TLS addresses (ports resolved).
@@ -636,7 +642,7 @@ impl Server {
                 tasks.spawn(udp_worker(shared.clone(), Arc::new(socket), local));
             }
         }
-        let tls = self.tls_config.map(tokio_rustls::TlsAcceptor::from);
+        let tls = self.tls_cert.as_ref().map(stream::tls_acceptor);
         let listeners = self
             .tcp
             .into_iter()

@@ -8,6 +8,7 @@ use crate::handler::{self, Outcome};
 use crate::server::{Shared, send_now};
 use crate::stats::{self, Relayed};
 use crate::stun;
+use hearth_core::tls::{ServerCert, TlsFiles};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,35 +25,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued toward one client before relayed data is dropped.
 const QUEUE: usize = 512;
 
-/// Loads the certificate chain and key. No ALPN is set: TURN clients
-/// rarely send one, and a server list would refuse those that send
-/// another.
-pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TurnError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| TurnError::Tls(format!("{}: {e}", path.display())))
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(TurnError::Tls(format!(
-            "{}: no certificate found",
-            cert.display()
-        )));
+/// Loads the certificate chain and key, as a certificate a reload can
+/// replace.
+pub(crate) fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerCert>, TurnError> {
+    ServerCert::load(&tls_files(cert, key)).map_err(TurnError::Tls)
+}
+
+pub(crate) fn tls_files(cert: &Path, key: &Path) -> TlsFiles {
+    TlsFiles {
+        certificate: cert.to_owned(),
+        private_key: key.to_owned(),
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?
-        .ok_or_else(|| TurnError::Tls(format!("{}: no private key found", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TurnError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-    Ok(Arc::new(config))
+}
+
+/// No ALPN is offered: TURN clients rarely send one, and a server list
+/// would refuse those that send another.
+pub(crate) fn tls_acceptor(cert: &Arc<ServerCert>) -> TlsAcceptor {
+    TlsAcceptor::from(cert.server_config(&[]))
 }
 
 /// Accepts connections until aborted; dropping the set aborts them all.

@@ -2,6 +2,7 @@
 //! service alone on the shared listeners.
 
 use crate::config::{Config, EXAMPLE};
+use crate::reload::Reloader;
 use crate::{audit, health, keys, serve, wiring};
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -291,10 +292,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let config = load(config_path.as_ref()).context("loading the config")?;
-    crate::logging::init(&config.log)?;
+    let (config, sources) =
+        Config::load_with_sources(config_path.as_deref()).context("loading the config")?;
+    let logging = crate::logging::init(&config.log)?;
     warn_if_others_may_read(&config);
-    serve::run(config, only).await?;
+    let reloader = Reloader::new(config_path, config.clone(), sources, Some(logging));
+    serve::run(config, only, reloader).await?;
     Ok(ExitCode::SUCCESS)
 }
 

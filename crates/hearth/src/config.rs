@@ -7,9 +7,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use hearth_core::config::{
     AdminConfig, DatabaseConfig, HttpConfig, LogConfig, Secret, resolve_secret,
 };
-use hearth_core::http::TlsFiles;
 use hearth_core::ids::ServerName;
 use hearth_core::storage::SqliteSynchronous;
+use hearth_core::tls::TlsFiles;
 use hearth_federation::FederationConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -76,6 +76,16 @@ impl Config {
     /// Loads defaults < `file` < environment. A file that was named but does
     /// not exist is an error, not an empty config.
     pub(crate) fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_sources(file).map(|(config, _)| config)
+    }
+
+    /// As [`Config::load`], with the merged values as given (defaults, file
+    /// and environment), before typing: what a reload compares key by key.
+    /// Unlike the typed config they hold secrets as written, so a changed
+    /// secret shows; they are compared, never printed.
+    pub(crate) fn load_with_sources(
+        file: Option<&Path>,
+    ) -> Result<(Self, serde_json::Value), ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
@@ -112,7 +122,13 @@ impl Config {
         );
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
-        Ok(config)
+        // The typed values (secrets as placeholders) if the untyped ones
+        // cannot be had: the comparison then only misses secrets.
+        let sources = figment
+            .extract()
+            .or_else(|_| serde_json::to_value(&config))
+            .unwrap_or_default();
+        Ok((config, sources))
     }
 
     /// Checks what types alone cannot: pairs of keys and readable files.

@@ -7,6 +7,7 @@ mod config;
 mod health;
 mod keys;
 mod logging;
+mod reload;
 mod serve;
 mod wiring;
 

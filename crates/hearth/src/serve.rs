@@ -1,15 +1,18 @@
 //! Starting Hearth: storage, keys, the routers of the enabled services on the
-//! public listener, `/health` and `/metrics` on the admin listener, and a
-//! graceful stop on SIGTERM or SIGINT.
+//! public listener, `/health` and `/metrics` on the admin listener, a
+//! reload on SIGHUP (`crate::reload`), and a graceful stop on SIGTERM or
+//! SIGINT.
 
 use crate::config::Config;
+use crate::reload::Reloader;
 use anyhow::{Context as _, bail};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use hearth_core::http::{Listener, load_tls, public_app, serve};
+use hearth_core::http::{Listener, public_app, serve, tls_acceptor};
 use hearth_core::keys::KeyRing;
 use hearth_core::storage::{Backend, Database};
+use hearth_core::tls::ServerCert;
 use hearth_federation::FederationClient;
 use hearth_federation::client::Origin;
 use hearth_federation::connect::SystemDns;
@@ -95,7 +98,7 @@ pub(crate) async fn context(config: &Config) -> anyhow::Result<Context> {
 /// service accepts its section.
 pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     if let Some(files) = config.tls_files()? {
-        load_tls(&files).map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
+        ServerCert::read(&files).map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
     }
     federation_client(config, None)?;
     for service in services(config).into_iter().filter(|s| s.enabled()) {
@@ -113,12 +116,26 @@ fn federation_client(config: &Config, origin: Option<Origin>) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("federation: {e}"))
 }
 
-/// Runs every enabled service, or only the one named `only`.
-pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()> {
+/// Runs every enabled service, or only the one named `only`, reloading
+/// what `reloader` can on SIGHUP.
+pub(crate) async fn run(
+    config: Config,
+    only: Option<&str>,
+    mut reloader: Reloader,
+) -> anyhow::Result<()> {
+    // Before the slow part of start-up: SIGHUP would otherwise end the
+    // process, and one arriving now is served once it runs.
+    let mut hangups = Hangups::listen()?;
+    let runs_here = |s: &dyn Service| s.enabled() && only.is_none_or(|name| name == s.name());
     let enabled: Vec<&dyn Service> = services(&config)
         .into_iter()
-        .filter(|s| s.enabled() && only.is_none_or(|name| name == s.name()))
+        .filter(|s| runs_here(*s))
         .collect();
+    if only.is_some() {
+        for service in services(&config).into_iter().filter(|s| !runs_here(*s)) {
+            reloader.ignore(service.name());
+        }
+    }
     if enabled.is_empty() {
         match only {
             Some(name) => bail!("the {name} service is disabled ({name}.enabled = false)"),
@@ -148,17 +165,23 @@ pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()
         }
         served.extend(parts.summary);
         advice.extend(parts.advice);
+        reloader.service(service.name(), parts.reload);
     }
 
-    let tls = config
+    let cert = config
         .tls_files()?
-        .map(|files| load_tls(&files))
+        .map(|files| ServerCert::load(&files))
         .transpose()
         .map_err(|e| anyhow::anyhow!("http TLS: {e}"))?;
+    let tls = cert.as_ref().map(tls_acceptor);
     // Services without HTTP routes (TURN) need no public HTTP listener.
     let public_bind = if routes.is_empty() {
+        reloader.ignore("http");
         Vec::new()
     } else {
+        if let Some(cert) = cert {
+            reloader.http_tls(cert);
+        }
         config.http.bind.clone()
     };
     let mut public = Vec::new();
@@ -200,7 +223,14 @@ pub(crate) async fn run(config: Config, only: Option<&str>) -> anyhow::Result<()
         let listener = Listener { tcp, tls: None };
         tasks.spawn(serve(listener, admin.clone(), shutdown.wait()));
     }
-    shutdown_signal().await;
+    let stop_signal = shutdown_signal();
+    tokio::pin!(stop_signal);
+    loop {
+        tokio::select! {
+            () = &mut stop_signal => break,
+            () = hangups.next() => reloader.on_hangup(),
+        }
+    }
     tracing::info!("shutting down: finishing requests in flight");
     stop.trigger();
     while tasks.join_next().await.is_some() {}
@@ -302,6 +332,31 @@ fn summary(
         write!(s, "\n    - {item}")?;
     }
     Ok(s)
+}
+
+/// Reload requests: SIGHUP, as `systemctl reload` and `docker kill -s HUP`
+/// send it.
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -16,7 +16,7 @@ pub use cors::cors;
 pub use json::Json;
 pub use query::Query;
 pub use rate_limit::{RateLimiter, rate_limit};
-pub use serve::{Listener, TlsFiles, load_tls, serve};
+pub use serve::{Listener, serve, tls_acceptor};
 
 use crate::MatrixError;
 use crate::config::{ByteSize, Duration as ConfigDuration, HttpConfig, RateLimitConfig};

@@ -1,4 +1,4 @@
-//! The server loop: HTTP/1.1 over TCP, or TLS from PEM files, with a header
+//! The server loop: HTTP/1.1 over TCP, or TLS (`crate::tls`), with a header
 //! read timeout against slow clients and graceful shutdown that lets
 //! in-flight requests finish. The responses hyper writes itself, for
 //! requests it cannot parse, get Matrix error bodies like every other.
@@ -10,7 +10,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,43 +19,16 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::tls::ServerCert;
+
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Certificate chain and key files for a TLS listener.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-}
-
-/// Builds a TLS acceptor from PEM files, offering HTTP/1.1.
-pub fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    let cert_pem = read(&files.certificate)?;
-    let key_pem = read(&files.private_key)?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", files.certificate.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no certificate found",
-            files.certificate.display()
-        ));
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| format!("{}: {e}", files.private_key.display()))?
-        .ok_or_else(|| format!("{}: no private key found", files.private_key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", files.certificate.display()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+/// A TLS acceptor offering HTTP/1.1 with `cert`, which a reload may
+/// replace while the listener runs.
+pub fn tls_acceptor(cert: &Arc<ServerCert>) -> TlsAcceptor {
+    TlsAcceptor::from(cert.server_config(&[b"http/1.1"]))
 }
 
 /// A bound listener, optionally speaking TLS.
