@@ -338,8 +338,14 @@ fn is_package_var(name: &str) -> bool {
 
 /// The workspace root: this crate sits directly inside it.
 fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+    // What `cargo run` sets now, before what was compiled in: cargo may
+    // reuse an xtask binary built from another checkout of the same tree
+    // (a git worktree since removed) sharing CARGO_TARGET_DIR.
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), Path::to_path_buf)
 }
 
 /// Maps a child's status to ours; a signal becomes 128 + signal, as in shells.

@@ -7,6 +7,7 @@
 //! client and the task reading its relay socket.
 
 use crate::stun::TransactionId;
+use crate::udp::UdpSocket;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -61,10 +61,12 @@ pub(crate) struct FiveTuple {
 }
 
 /// How data reaches the client: a datagram from the listener socket the
-/// client used, or a frame queued to its TCP/TLS connection's writer.
+/// client used, or from a socket of its allocation's own connected to it,
+/// or a frame queued to its TCP/TLS connection's writer.
 #[derive(Debug, Clone)]
 pub(crate) enum ClientLink {
     Udp(Arc<UdpSocket>),
+    Connected(Arc<UdpSocket>),
     Stream(mpsc::Sender<Vec<u8>>),
 }
 

@@ -19,6 +19,7 @@ mod stream;
 mod stun;
 #[cfg(test)]
 mod tests;
+mod udp;
 
 pub use auth::{Credentials, rest_credentials, rest_password};
 pub use config::Config;

@@ -2,9 +2,11 @@
 //!
 //! Each UDP listener address is opened once per worker with SO_REUSEPORT,
 //! so the kernel spreads clients over sockets by 4-tuple and every core
-//! reads its own socket. A client's packets always reach the same worker,
-//! which caches that client's allocation; peer packets arrive on the
-//! allocation's own relay socket, read by its own task.
+//! reads its own socket. A worker is a thread with a runtime of its own: a
+//! client's Allocate lands on one worker, whose runtime then runs the
+//! allocation's tasks (reading its relay socket and its socket connected to
+//! the client), so a relayed packet never crosses threads. TCP and TLS
+//! clients are served on the main runtime.
 
 use crate::alloc::{Allocation, ClientLink, FiveTuple, Table, Transport, lock};
 use crate::auth::Authenticator;
@@ -13,27 +15,26 @@ use crate::handler::{self, Outcome};
 use crate::policy::PeerPolicy;
 use crate::stats::{self, Relayed};
 use crate::stun::{self, Builder, Class, attr, method};
+use crate::udp::{HEADROOM, UdpSocket, register, with_batch};
 use crate::{TurnError, stream};
 use hearth_core::tls::ServerCert;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
-/// Room in front of a received peer datagram for the ChannelData header.
-const HEADROOM: usize = 4;
-/// The largest UDP payload, so nothing is truncated.
-const MAX_DATAGRAM: usize = 65_535;
 /// Socket buffers large enough to ride out scheduling hiccups at a few
 /// hundred thousand packets per second (the kernel caps them at
 /// `net.core.rmem_max` / `wmem_max`).
 const LISTENER_BUFFER: usize = 4 << 20;
 const RELAY_BUFFER: usize = 256 << 10;
+/// How often a client's own socket checks whether it still serves an
+/// allocation (see [`client_to_relay`]).
+const CLIENT_LINGER: Duration = Duration::from_secs(30);
 /// RFC 8656 §14.9: an EVEN-PORT reservation is held at least 30 s.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const REALM_FALLBACK: &str = "hearth";
@@ -130,7 +131,7 @@ impl Shared {
             } else {
                 None
             };
-            let socket = UdpSocket::from_std(socket).ok()?;
+            let socket = register(socket).ok()?;
             return Some((
                 Arc::new(socket),
                 SocketAddr::new(relay.advertised, port),
@@ -149,39 +150,32 @@ impl Shared {
         if expires <= Instant::now() {
             return None;
         }
-        let socket = UdpSocket::from_std(socket).ok()?;
+        let socket = register(socket).ok()?;
         Some((Arc::new(socket), advertised, None))
     }
 
     /// The link for a new allocation. A UDP client gets a socket of its
     /// own, bound to the listener's address with SO_REUSEPORT and connected
     /// to the client: the kernel then delivers that client's datagrams to
-    /// it, so each allocation has its own receive buffer and task, and one
+    /// it, so each client has its own receive buffer and reader, and one
     /// busy client cannot overflow the listener that every newcomer shares.
-    /// When that socket cannot be made, the listener's serves.
-    pub(crate) fn client_link(&self, five: FiveTuple, link: &ClientLink) -> ClientLink {
+    /// A client that allocates again over that socket keeps it. When that
+    /// socket cannot be made, the listener's serves.
+    pub(crate) fn client_link(self: &Arc<Self>, five: FiveTuple, link: &ClientLink) -> ClientLink {
         if let ClientLink::Udp(_) = link
             && let Ok(socket) = connected_udp(five.server, five.client)
         {
-            return ClientLink::Udp(Arc::new(socket));
+            let socket = Arc::new(socket);
+            tokio::spawn(client_to_relay(self.clone(), five, socket.clone()));
+            return ClientLink::Connected(socket);
         }
         link.clone()
     }
 
-    /// Starts the allocation's tasks, then makes it visible.
+    /// Starts the allocation's relay task, then makes it visible.
     pub(crate) fn start_relay(self: &Arc<Self>, allocation: Arc<Allocation>) {
         let task = tokio::spawn(relay_to_client(self.clone(), allocation.clone()));
         allocation.add_task(task.abort_handle());
-        if let ClientLink::Udp(socket) = &allocation.link
-            && socket.peer_addr().is_ok()
-        {
-            let task = tokio::spawn(client_to_relay(
-                self.clone(),
-                allocation.clone(),
-                socket.clone(),
-            ));
-            allocation.add_task(task.abort_handle());
-        }
         self.table.insert(allocation);
     }
 
@@ -246,11 +240,10 @@ impl Shared {
     }
 }
 
-/// Sends a datagram now or not at all. The syscall goes straight to the
-/// socket, skipping the runtime's readiness bookkeeping: a full send buffer
-/// drops the datagram, as the network would.
+/// Sends a datagram now or not at all: a full send buffer drops it, as the
+/// network would, so nothing waits for writability (see [`crate::udp`]).
 pub(crate) fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
-    SockRef::from(socket).send_to(data, &to.into()).is_ok()
+    socket.get_ref().send_to(data, to).is_ok()
 }
 
 /// Sends a frame to the client without waiting: a client that does not
@@ -258,15 +251,10 @@ pub(crate) fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool 
 fn to_client(link: &ClientLink, client: SocketAddr, frame: &[u8]) -> bool {
     match link {
         ClientLink::Udp(socket) => send_now(socket, frame, client),
+        // No address: the kernel then uses the socket's cached route.
+        ClientLink::Connected(socket) => socket.get_ref().send(frame).is_ok(),
         ClientLink::Stream(tx) => tx.try_send(frame.to_vec()).is_ok(),
     }
-}
-
-thread_local! {
-    /// One receive buffer per runtime thread for every relay socket, so an
-    /// allocation costs no 64 KiB buffer of its own.
-    static RELAY_BUFFER_TL: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(vec![0u8; HEADROOM + MAX_DATAGRAM + 3]);
 }
 
 /// Reads one allocation's relay socket and forwards what its permissions
@@ -275,20 +263,15 @@ thread_local! {
 async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
     let relayed = Relayed::to_client();
     loop {
-        if allocation.relay.readable().await.is_err() {
+        let Ok(mut ready) = allocation.relay.readable().await else {
             return;
-        }
-        // Drain what is queued without awaiting, so the buffer is never
-        // held across a suspension point.
-        // At most a batch per wake-up, so a busy relay cannot starve the
-        // others sharing this thread.
-        RELAY_BUFFER_TL.with_borrow_mut(|buf| {
-            for _ in 0..64 {
-                let Ok((n, peer)) = allocation.relay.try_recv_from(&mut buf[HEADROOM..]) else {
-                    break;
-                };
-                forward_to_client(&shared, &allocation, buf, n, peer, &relayed);
-            }
+        };
+        with_batch(|batch| {
+            batch.drain(&mut ready, |buf, n, peer| {
+                if let Some(peer) = peer {
+                    forward_to_client(&shared, &allocation, buf, n, peer, &relayed);
+                }
+            });
         });
     }
 }
@@ -352,48 +335,53 @@ fn forward_to_client(
 fn connected_udp(local: SocketAddr, client: SocketAddr) -> io::Result<UdpSocket> {
     let socket = udp_socket(local, true, RELAY_BUFFER)?;
     socket.connect(client)?;
-    UdpSocket::from_std(socket)
+    register(socket)
 }
 
-/// Reads an allocation's own client socket: ChannelData and STUN from
-/// that client, handled as the listener would, without awaiting.
-async fn client_to_relay(shared: Arc<Shared>, allocation: Arc<Allocation>, socket: Arc<UdpSocket>) {
+/// Reads a client's own socket: ChannelData for its allocation, and STUN
+/// handled as the listener would, without awaiting.
+///
+/// The socket outlives the allocation by up to two `CLIENT_LINGER`s, while
+/// it is read: until it is closed the kernel delivers the client's
+/// datagrams to it, so a request that races the allocation's deletion, or a
+/// new Allocate, is answered rather than lost unread.
+async fn client_to_relay(shared: Arc<Shared>, five: FiveTuple, socket: Arc<UdpSocket>) {
     let relayed = Relayed::to_peer();
-    let link = ClientLink::Udp(socket.clone());
+    let link = ClientLink::Connected(socket.clone());
+    let mut allocation: Option<Arc<Allocation>> = None;
+    // One timer for the reader's life, reset rather than made per read.
+    let linger = tokio::time::sleep(CLIENT_LINGER);
+    tokio::pin!(linger);
     loop {
-        if socket.readable().await.is_err() {
-            return;
-        }
-        RELAY_BUFFER_TL.with_borrow_mut(|buf| {
-            for _ in 0..64 {
-                let Ok(n) = socket.try_recv(buf) else {
-                    break;
-                };
-                let data = &buf[..n];
-                if n >= 4 && stun::is_channel_data(data[0]) {
-                    if let Some((peer, payload)) = shared.channel_target(&allocation, data)
-                        && send_now(&allocation.relay, payload, peer)
-                    {
-                        relayed.add(payload.len());
-                    }
-                    continue;
+        let ready = tokio::select! {
+            biased;
+            ready = socket.readable() => ready,
+            () = &mut linger => {
+                if shared.table.get(&five).is_none() {
+                    return;
                 }
-                match handler::handle(&shared, data, allocation.five, &link) {
-                    Outcome::Reply(reply) => {
-                        send_now(&socket, &reply, allocation.five.client);
-                    }
-                    Outcome::Relay {
-                        allocation: a,
-                        peer,
-                        data,
-                    } => {
-                        if send_now(&a.relay, data, peer) {
-                            relayed.add(data.len());
-                        }
-                    }
-                    Outcome::Nothing => {}
-                }
+                linger.as_mut().reset(tokio::time::Instant::now() + CLIENT_LINGER);
+                continue;
             }
+        };
+        let Ok(mut ready) = ready else {
+            return;
+        };
+        with_batch(|batch| {
+            batch.drain(&mut ready, |buf, n, _| {
+                let data = &buf[HEADROOM..HEADROOM + n];
+                if n < 4 || !stun::is_channel_data(data[0]) {
+                    handle_stun(&shared, data, five, &link, &relayed);
+                    return;
+                }
+                if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
+                    allocation = shared.table.get(&five);
+                }
+                match &allocation {
+                    Some(allocation) => relay_channel_data(&shared, allocation, data, &relayed),
+                    None => stats::dropped(stats::Drop::NoAllocation),
+                }
+            });
         });
     }
 }
@@ -406,55 +394,76 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
     // always lands here, so it is looked up in the shared table once.
     let mut cache: HashMap<SocketAddr, Arc<Allocation>> = HashMap::new();
     let mut pruned = Instant::now();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, client) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(_) => continue,
+        let Ok(mut ready) = socket.readable().await else {
+            return;
         };
-        let data = &buf[..n];
-        let five = FiveTuple {
-            transport: Transport::Udp,
-            client,
-            server: local,
-        };
-        if n >= 4 && stun::is_channel_data(data[0]) {
-            let allocation = match cache.get(&client) {
-                Some(a) if a.is_alive() => Some(a.clone()),
-                _ => shared.table.get(&five).inspect(|a| {
-                    cache.insert(client, a.clone());
-                }),
-            };
-            let Some(allocation) = allocation else {
-                stats::dropped(stats::Drop::NoAllocation);
-                continue;
-            };
-            if let Some((peer, payload)) = shared.channel_target(&allocation, data)
-                && send_now(&allocation.relay, payload, peer)
-            {
-                relayed.add(payload.len());
-            }
-        } else {
-            match handler::handle(&shared, data, five, &link) {
-                Outcome::Reply(reply) => {
-                    let _ = socket.send_to(&reply, client).await;
+        with_batch(|batch| {
+            batch.drain(&mut ready, |buf, n, client| {
+                let Some(client) = client else {
+                    return;
+                };
+                let data = &buf[HEADROOM..HEADROOM + n];
+                let five = FiveTuple {
+                    transport: Transport::Udp,
+                    client,
+                    server: local,
+                };
+                if n < 4 || !stun::is_channel_data(data[0]) {
+                    handle_stun(&shared, data, five, &link, &relayed);
+                    return;
                 }
-                Outcome::Relay {
-                    allocation,
-                    peer,
-                    data,
-                } => {
-                    if send_now(&allocation.relay, data, peer) {
-                        relayed.add(data.len());
-                    }
+                let allocation = match cache.get(&client) {
+                    Some(a) if a.is_alive() => Some(a.clone()),
+                    _ => shared.table.get(&five).inspect(|a| {
+                        cache.insert(client, a.clone());
+                    }),
+                };
+                match allocation {
+                    Some(allocation) => relay_channel_data(&shared, &allocation, data, &relayed),
+                    None => stats::dropped(stats::Drop::NoAllocation),
                 }
-                Outcome::Nothing => {}
-            }
-        }
+            });
+        });
         if pruned.elapsed() > Duration::from_secs(1) {
             cache.retain(|_, a| a.is_alive());
             pruned = Instant::now();
         }
+    }
+}
+
+/// Relays a ChannelData message from a client to its channel's peer.
+fn relay_channel_data(shared: &Shared, allocation: &Allocation, data: &[u8], relayed: &Relayed) {
+    if let Some((peer, payload)) = shared.channel_target(allocation, data)
+        && send_now(&allocation.relay, payload, peer)
+    {
+        relayed.add(payload.len());
+    }
+}
+
+/// Handles a STUN message from a UDP client: the answer goes back over
+/// `link`, a Send indication's data to its peer.
+fn handle_stun(
+    shared: &Arc<Shared>,
+    data: &[u8],
+    five: FiveTuple,
+    link: &ClientLink,
+    relayed: &Relayed,
+) {
+    match handler::handle(shared, data, five, link) {
+        Outcome::Reply(reply) => {
+            to_client(link, five.client, &reply);
+        }
+        Outcome::Relay {
+            allocation,
+            peer,
+            data,
+        } => {
+            if send_now(&allocation.relay, data, peer) {
+                relayed.add(data.len());
+            }
+        }
+        Outcome::Nothing => {}
     }
 }
 
@@ -632,15 +641,49 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), TurnError> {
         let shared = self.shared;
         let mut tasks = JoinSet::new();
-        for (local, sockets) in self.udp {
-            for socket in sockets {
-                let socket = UdpSocket::from_std(socket).map_err(|source| TurnError::Bind {
-                    what: "udp",
-                    addr: local,
-                    source,
-                })?;
-                tasks.spawn(udp_worker(shared.clone(), Arc::new(socket), local));
-            }
+        // Each UDP worker is a thread with a runtime of its own: an
+        // allocation's tasks run where its Allocate was handled, and no
+        // packet wakes another thread or waits on a shared run queue.
+        let (stop_udp, udp_stopped) = tokio::sync::watch::channel(false);
+        let mut udp_threads = Vec::new();
+        for (i, sockets) in udp_per_worker(self.udp).into_iter().enumerate() {
+            let bind_error = |addr, source| TurnError::Bind {
+                what: "udp",
+                addr,
+                source,
+            };
+            let any = SocketAddr::from(([0, 0, 0, 0], 0));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| bind_error(any, e))?;
+            let sockets = {
+                let _registering = runtime.enter();
+                sockets
+                    .into_iter()
+                    .map(|(local, socket)| {
+                        register(socket)
+                            .map(|s| (local, Arc::new(s)))
+                            .map_err(|e| bind_error(local, e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let shared = shared.clone();
+            let mut stopped = udp_stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("turn-udp-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        for (local, socket) in sockets {
+                            tokio::spawn(udp_worker(shared.clone(), socket, local));
+                        }
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    });
+                    // Dropping the runtime ends every task on it, the
+                    // allocations' included.
+                })
+                .map_err(|e| bind_error(any, e))?;
+            udp_threads.push(thread);
         }
         let tls = self.tls_cert.as_ref().map(stream::tls_acceptor);
         let listeners = self
@@ -672,10 +715,34 @@ impl Server {
         });
         shutdown.await;
         tasks.shutdown().await;
+        let _ = stop_udp.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in udp_threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         shared.table.clear();
         stats::set_allocations(0);
         Ok(())
     }
+}
+
+/// The listener sockets regrouped by worker: the i-th socket of every
+/// address goes to worker i.
+fn udp_per_worker(
+    udp: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
+) -> Vec<Vec<(SocketAddr, std::net::UdpSocket)>> {
+    let mut workers: Vec<Vec<_>> = Vec::new();
+    for (local, sockets) in udp {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            if workers.len() <= i {
+                workers.push(Vec::new());
+            }
+            workers[i].push((local, socket));
+        }
+    }
+    workers
 }
 
 /// Where a bound [`Server`] listens.
