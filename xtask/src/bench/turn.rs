@@ -168,8 +168,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The standalone TURN server, release build. Until the binary's
-/// `hearth turn` serves the relay, it is the crate's example.
+/// The standalone TURN server, release build: the crate's example runs the
+/// same `Server` as `hearth turn`, without the database and admin listener
+/// that would add to the measured process but not to the relay.
 fn build_server(root: &Path) -> Result<PathBuf> {
     let mut cmd = cargo_command();
     cmd.args([
