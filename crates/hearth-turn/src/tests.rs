@@ -480,6 +480,34 @@ async fn lifetimes_follow_rfc_8656() {
     c.allocate().await;
 }
 
+/// After a Refresh with lifetime 0 (RFC 8656 §7.3), the client's next
+/// requests come to the socket the server connected to it. They are
+/// answered at once, not lost unread, and an allocation made again over
+/// that socket relays ChannelData both ways.
+#[tokio::test]
+async fn allocating_again_after_deletion_relays() {
+    let server = start(config());
+    let mut c = Client::udp(server.udp, rest_user("@alice:test", 60)).await;
+    c.allocate().await;
+    let (peer, peer_addr) = peer().await;
+    for round in 0..3 {
+        let r = c
+            .request(method::REFRESH, |b| {
+                b.u32(attr::LIFETIME, 0);
+            })
+            .await;
+        assert_eq!(r.class(), Class::Success, "round {round}");
+        assert_eq!(c.permit(&[peer_addr]).await.code(), Some(437));
+        let relayed = c.allocate().await;
+        assert_eq!(c.permit(&[peer_addr]).await.class(), Class::Success);
+        assert_eq!(c.bind(0x4001, peer_addr).await.class(), Class::Success);
+        c.wire.send(&[0x40, 0x01, 0x00, 0x02, b'h', b'i']).await;
+        assert_eq!(recv_from(&peer).await, (b"hi".to_vec(), relayed));
+        peer.send_to(b"yo", relayed).await.unwrap();
+        assert_eq!(c.wire.recv().await, [0x40, 0x01, 0x00, 0x02, b'y', b'o']);
+    }
+}
+
 /// Per-user and total quotas answer 486 (RFC 8656 §7.2 step 10).
 #[tokio::test]
 async fn quotas_answer_486() {
