@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +38,7 @@ const RAISE_NOFILE: &str = "ulimit -n \"$(ulimit -Hn)\"";
 const HELD: usize = 1000;
 
 pub(crate) const USAGE: &str = "\
-usage: cargo xtask bench turn [--quick] [--messages N] [--interval MS]
+usage: cargo xtask bench turn [--quick] [--messages N] [--interval MS] [--rounds N]
 
 Relays UDP channel data through Hearth's TURN server and through coturn
 (Debian's package, installed when missing), 100 then 400 turnutils_uclient
@@ -47,12 +48,15 @@ Writes <target dir>/bench/turn.md.
 
   --quick          200 messages per client instead of 1000
   --messages N     messages per client (default 1000)
-  --interval MS    milliseconds between one client's messages (default 20)";
+  --interval MS    milliseconds between one client's messages (default 20)
+  --rounds N       runs of each load per server, alternating servers; the
+                   ratios compare medians (default 1)";
 
 #[derive(Debug, Clone, Copy)]
 struct Options {
     messages: u32,
     interval_ms: u32,
+    rounds: u32,
 }
 
 impl Options {
@@ -60,6 +64,7 @@ impl Options {
         let mut options = Self {
             messages: 1000,
             interval_ms: 20,
+            rounds: 1,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -73,6 +78,7 @@ impl Options {
                 "--quick" => options.messages = 200,
                 "--messages" => options.messages = number("--messages")?,
                 "--interval" => options.interval_ms = number("--interval")?,
+                "--rounds" => options.rounds = number("--rounds")?.max(1),
                 "-h" | "--help" => return Ok(None),
                 other => bail!("unknown option {other:?}\n{USAGE}"),
             }
@@ -90,6 +96,21 @@ struct Load {
     lost: u64,
     seconds: f64,
     cpu_seconds: f64,
+    /// From uclient's first progress line with messages sent to its exit:
+    /// the relaying alone, without its tens of seconds of set-up.
+    relaying: Window,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    relayed: u64,
+    cpu_seconds: f64,
+}
+
+impl Window {
+    fn cpu_per_100k(&self) -> f64 {
+        self.cpu_seconds * 100_000.0 / self.relayed.max(1) as f64
+    }
 }
 
 impl Load {
@@ -111,18 +132,21 @@ impl Load {
     }
 }
 
+/// The two servers, in the order each round runs them.
+const SERVERS: [&str; 2] = ["Hearth", "coturn"];
+const CLIENTS: [u32; 2] = [100, 400];
+
+/// One server's memory: KiB resident idle, then holding `held`
+/// allocations.
 #[derive(Debug)]
-struct Results {
+struct Memory {
     name: &'static str,
-    loads: Vec<Load>,
-    /// KiB resident idle, then holding `HELD` allocations.
     idle_kib: u64,
     held_kib: u64,
-    /// Allocations held for `held_kib`.
     held: usize,
 }
 
-impl Results {
+impl Memory {
     fn per_allocation_kib(&self) -> f64 {
         self.held_kib.saturating_sub(self.idle_kib) as f64 / self.held.max(1) as f64
     }
@@ -143,24 +167,30 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     fs::write(&hearth_config, hearth_toml())?;
 
     let _peer = Peer::start(&out)?;
-    let mut all = Vec::new();
-    for name in ["Hearth", "coturn"] {
-        let mut loads = Vec::new();
-        for clients in [100, 400] {
-            let server = start(name, &hearth, &hearth_config, &out)?;
-            loads.push(measure(&server, name, clients, options, tick)?);
+    // Servers alternate within each round, so a slow spell of this shared
+    // machine falls on both rather than on one.
+    let mut runs = Vec::new();
+    for round in 1..=options.rounds {
+        for clients in CLIENTS {
+            for name in SERVERS {
+                let server = start(name, &hearth, &hearth_config, &out)?;
+                eprintln!("xtask: round {round}");
+                runs.push((name, measure(&server, name, clients, options, tick, &out)?));
+            }
         }
+    }
+    let mut memory = Vec::new();
+    for name in SERVERS {
         let (idle_kib, held_kib, held) =
             hold(&start(name, &hearth, &hearth_config, &out)?, name, &out)?;
-        all.push(Results {
+        memory.push(Memory {
             name,
-            loads,
             idle_kib,
             held_kib,
             held,
         });
     }
-    let report = render(&all, options, &coturn_version());
+    let report = render(&runs, &memory, options, &coturn_version());
     let path = target_dir(&root).join("bench").join("turn.md");
     fs::write(&path, &report).with_context(|| format!("could not write {}", path.display()))?;
     eprintln!("{report}");
@@ -304,29 +334,85 @@ fn uclient(name: &str, clients: u32, messages: u32, interval_ms: u32, hang: bool
     cmd
 }
 
-fn measure(server: &Server, name: &str, clients: u32, options: Options, tick: f64) -> Result<Load> {
+fn measure(
+    server: &Server,
+    name: &str,
+    clients: u32,
+    options: Options,
+    tick: f64,
+    out: &Path,
+) -> Result<Load> {
     eprintln!("xtask: {name}, {clients} clients");
     let before = cpu_ticks(server.pid())?;
     let started = Instant::now();
-    let text = output(&mut uclient(
-        name,
-        clients,
-        options.messages,
-        options.interval_ms,
-        false,
-    ))?;
+    let mut cmd = uclient(name, clients, options.messages, options.interval_ms, false);
+    let errors = out.join(format!("{}-uclient.log", name.to_lowercase()));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&errors)?)
+        .spawn()
+        .context("could not start turnutils_uclient")?;
+    let stdout = child.stdout.take().context("uclient's output")?;
+    let mut text = String::new();
+    // (CPU ticks, packets relayed) at the first progress line showing
+    // messages sent.
+    let mut relaying_from = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if relaying_from.is_none()
+            && let Some((sent, received)) = progress(&line)
+            && sent > 0
+        {
+            relaying_from = Some((cpu_ticks(server.pid())?, sent + received));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait()?;
+    let after = cpu_ticks(server.pid())?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = (cpu_ticks(server.pid())? - before) as f64 / tick;
+    if !status.success() {
+        bail!(
+            "turnutils_uclient failed ({status}); see {}",
+            errors.display()
+        );
+    }
     let (sent, received, lost) = totals(&text)
         .with_context(|| format!("no totals in turnutils_uclient's output:\n{text}"))?;
+    let relaying = relaying_from.map_or_else(Window::default, |(ticks, relayed)| Window {
+        relayed: (sent + received).saturating_sub(relayed),
+        cpu_seconds: after.saturating_sub(ticks) as f64 / tick,
+    });
     Ok(Load {
         clients,
         sent,
         received,
         lost,
         seconds,
-        cpu_seconds,
+        cpu_seconds: (after - before) as f64 / tick,
+        relaying,
     })
+}
+
+/// Messages sent and received so far, from a uclient progress line.
+fn progress(line: &str) -> Option<(u64, u64)> {
+    if !line.contains("start_mclient: ") {
+        return None;
+    }
+    Some((
+        number_after(line, "tot_send_msgs=")?,
+        number_after(line, "tot_recv_msgs=")?,
+    ))
+}
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 /// Resident KiB idle, then holding at least `HELD` allocations (uclient
@@ -372,25 +458,17 @@ fn open_fds(pid: u32) -> Result<usize> {
 
 /// uclient's closing totals: sent, received, lost.
 fn totals(text: &str) -> Option<(u64, u64, u64)> {
-    let number_after = |line: &str, key: &str| -> Option<u64> {
-        let rest = &line[line.find(key)? + key.len()..];
-        rest.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
-    };
-    let mut totals = (None, None, None);
+    let mut totals = (None, None);
     for line in text.lines() {
         if line.contains("start_mclient: tot_send_msgs=") {
-            totals.0 = number_after(line, "tot_send_msgs=");
-            totals.1 = number_after(line, "tot_recv_msgs=");
+            totals.0 = progress(line);
         }
         if line.contains("Total lost packets ") {
-            totals.2 = number_after(line, "Total lost packets ");
+            totals.1 = number_after(line, "Total lost packets ");
         }
     }
-    Some((totals.0?, totals.1?, totals.2?))
+    let ((sent, received), lost) = (totals.0?, totals.1?);
+    Some((sent, received, lost))
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -419,53 +497,83 @@ fn coturn_version() -> String {
         .unwrap_or_default()
 }
 
-fn render(all: &[Results], options: Options, coturn: &str) -> String {
+/// The median of some values (the mean of the middle two for an even
+/// count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn render(
+    runs: &[(&'static str, Load)],
+    memory: &[Memory],
+    options: Options,
+    coturn: &str,
+) -> String {
     let mut r = String::new();
     let _ = writeln!(r, "# TURN relay: Hearth vs coturn {coturn}\n");
     let _ = writeln!(
         r,
         "turnutils_uclient, UDP, channels, {} × {MESSAGE_LEN}-byte messages per client \
-         every {} ms, echoed by turnutils_peer; loopback; `nproc` = {}.\n",
+         every {} ms, echoed by turnutils_peer; loopback; `nproc` = {}; {} round(s), \
+         the servers alternating. CPU is the server's utime + stime: over the whole \
+         run (uclient's set-up included), and over the relaying alone (from uclient's \
+         first progress line with messages sent).\n",
         options.messages,
         options.interval_ms,
-        thread::available_parallelism().map_or(0, |n| n.get())
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        options.rounds
     );
     let _ = writeln!(
         r,
-        "| server | clients | relayed packets | packets/s | loss | server CPU s | CPU s per 100k packets |"
+        "| server | clients | relayed packets | packets/s | loss | server CPU s | \
+         CPU s per 100k, whole run | CPU s per 100k, relaying |"
     );
-    let _ = writeln!(r, "|---|---|---|---|---|---|---|");
-    for res in all {
-        for l in &res.loads {
-            let _ = writeln!(
-                r,
-                "| {} | {} | {} | {:.0} | {:.2} % ({}) | {:.2} | {:.3} |",
-                res.name,
-                l.clients,
-                l.relayed(),
-                l.per_second(),
-                l.loss(),
-                l.lost,
-                l.cpu_seconds,
-                l.cpu_per_100k()
-            );
-        }
-    }
-    if let [hearth, coturn] = all {
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|---|");
+    for (name, l) in runs {
         let _ = writeln!(
             r,
-            "\n| clients | CPU per packet, Hearth ÷ coturn | packets/s, Hearth ÷ coturn |"
+            "| {name} | {} | {} | {:.0} | {:.2} % ({}) | {:.2} | {:.3} | {:.3} |",
+            l.clients,
+            l.relayed(),
+            l.per_second(),
+            l.loss(),
+            l.lost,
+            l.cpu_seconds,
+            l.cpu_per_100k(),
+            l.relaying.cpu_per_100k()
         );
-        let _ = writeln!(r, "|---|---|---|");
-        for (h, c) in hearth.loads.iter().zip(&coturn.loads) {
-            let _ = writeln!(
-                r,
-                "| {} | {:.2} | {:.2} |",
-                h.clients,
-                h.cpu_per_100k() / c.cpu_per_100k().max(f64::MIN_POSITIVE),
-                h.per_second() / c.per_second().max(f64::MIN_POSITIVE)
-            );
-        }
+    }
+    let medians = |server: &str, clients: u32, f: fn(&Load) -> f64| {
+        median(
+            runs.iter()
+                .filter(|(name, l)| *name == server && l.clients == clients)
+                .map(|(_, l)| f(l))
+                .collect(),
+        )
+    };
+    let ratio = |clients, f: fn(&Load) -> f64| {
+        medians("Hearth", clients, f) / medians("coturn", clients, f).max(f64::MIN_POSITIVE)
+    };
+    let _ = writeln!(
+        r,
+        "\n| clients | CPU per packet, Hearth ÷ coturn, whole run | \
+         CPU per packet, Hearth ÷ coturn, relaying | packets/s, Hearth ÷ coturn |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|");
+    for clients in CLIENTS {
+        let _ = writeln!(
+            r,
+            "| {clients} | {:.2} | {:.2} | {:.2} |",
+            ratio(clients, Load::cpu_per_100k),
+            ratio(clients, |l| l.relaying.cpu_per_100k()),
+            ratio(clients, Load::per_second)
+        );
     }
     let _ = writeln!(r, "\nMemory holding about {HELD} allocations:\n");
     let _ = writeln!(
@@ -473,31 +581,16 @@ fn render(all: &[Results], options: Options, coturn: &str) -> String {
         "| server | allocations | idle RSS MiB | RSS MiB | KiB per allocation |"
     );
     let _ = writeln!(r, "|---|---|---|---|---|");
-    for res in all {
+    for m in memory {
         let _ = writeln!(
             r,
             "| {} | {} | {:.1} | {:.1} | {:.1} |",
-            res.name,
-            res.held,
-            res.idle_kib as f64 / 1024.0,
-            res.held_kib as f64 / 1024.0,
-            res.per_allocation_kib()
+            m.name,
+            m.held,
+            m.idle_kib as f64 / 1024.0,
+            m.held_kib as f64 / 1024.0,
+            m.per_allocation_kib()
         );
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::totals;
-
-    #[test]
-    fn uclient_totals_are_parsed() {
-        let text = "\
-1: : start_mclient: msz=2, tot_send_msgs=0, tot_recv_msgs=0, tot_send_bytes ~ 0
-4: : start_mclient: tot_send_msgs=40, tot_recv_msgs=38
-4: : Total lost packets 2 (5.000000%), total send dropped 0 (0.000000%)";
-        assert_eq!(totals(text), Some((40, 38, 2)));
-        assert_eq!(totals("nothing"), None);
-    }
 }
