@@ -594,3 +594,35 @@ fn render(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{median, progress, totals};
+
+    #[test]
+    fn uclient_totals_are_parsed() {
+        let text = "\
+1: : start_mclient: msz=2, tot_send_msgs=0, tot_recv_msgs=0, tot_send_bytes ~ 0
+4: : start_mclient: tot_send_msgs=40, tot_recv_msgs=38
+4: : Total lost packets 2 (5.000000%), total send dropped 0 (0.000000%)";
+        assert_eq!(totals(text), Some((40, 38, 2)));
+        assert_eq!(totals("nothing"), None);
+    }
+
+    /// The relaying window opens at the first progress line with
+    /// messages sent, as uclient 4.6.1 prints it each second.
+    #[test]
+    fn progress_lines_are_parsed() {
+        let line = "3: : start_mclient: msz=10, tot_send_msgs=25, tot_recv_msgs=24, \
+                    tot_send_bytes ~ 5000, tot_recv_bytes ~ 4800";
+        assert_eq!(progress(line), Some((25, 24)));
+        assert_eq!(progress("0: : Total connect time is 1"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+}
