@@ -282,7 +282,7 @@ async fn https_listener_serves_keys_to_the_federation_client() {
         matches!(
             refused,
             Err(FederationError::Connect {
-                source: ConnectError::ForbiddenAddress(_),
+                cause: ConnectError::ForbiddenAddress(_),
                 ..
             })
         ),

@@ -18,12 +18,10 @@ const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
-    #[error("{server}: {source}")]
-    Connect {
-        server: String,
-        #[source]
-        source: ConnectError,
-    },
+    /// The cause is in the message and not also `source()`, so a full
+    /// error chain does not print it twice.
+    #[error("{server}: {cause}")]
+    Connect { server: String, cause: ConnectError },
     #[error("{server} answered {status}: {body}")]
     Status {
         server: String,
@@ -183,9 +181,9 @@ impl FederationClient {
             .connector
             .send(&destination, request)
             .await
-            .map_err(|source| FederationError::Connect {
+            .map_err(|cause| FederationError::Connect {
                 server: server.to_string(),
-                source,
+                cause,
             })?;
         let parsed: Result<Value, _> = serde_json::from_slice(&response.body);
         if !response.status.is_success() {
@@ -307,6 +305,30 @@ impl WellKnownSource for HttpsWellKnown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection error's cause is told once, however the error is
+    /// printed: in its message, and not again as its `source()`, which
+    /// error reports (anyhow's `{:#}`, `hearth`'s exit message) append.
+    #[test]
+    fn a_connection_error_names_its_cause_once() {
+        let error = FederationError::Connect {
+            server: "example.org".into(),
+            cause: ConnectError::Dns {
+                host: "example.org".into(),
+                cause: std::io::Error::other("no such host"),
+            },
+        };
+        let mut report = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            report.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert_eq!(
+            report,
+            "example.org: DNS lookup for example.org failed: no such host"
+        );
+    }
 
     #[test]
     fn overrides_keep_the_server_name_for_host_and_tls() {

@@ -114,24 +114,18 @@ pub struct Destination {
     pub trusted: bool,
 }
 
+/// The cause of each variant is part of its message, and not also its
+/// `source()`: an error chain printed in full (`{:#}`) would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("DNS lookup for {host} failed: {source}")]
-    Dns {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("DNS lookup for {host} failed: {cause}")]
+    Dns { host: String, cause: io::Error },
     #[error("{0} resolves only to private or loopback addresses, which are not allowed")]
     ForbiddenAddress(String),
     #[error("could not connect to {0}")]
     Connect(String),
-    #[error("TLS with {name} failed: {source}")]
-    Tls {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("TLS with {name} failed: {cause}")]
+    Tls { name: String, cause: io::Error },
     #[error("invalid TLS name {0:?}")]
     TlsName(String),
     #[error("HTTP exchange failed: {0}")]
@@ -267,9 +261,9 @@ impl Connector {
                 .tls
                 .connect(name, stream)
                 .await
-                .map_err(|source| ConnectError::Tls {
+                .map_err(|cause| ConnectError::Tls {
                     name: destination.tls_name.clone(),
-                    source,
+                    cause,
                 })?;
             self.handshake(tls).await?
         };
@@ -361,10 +355,10 @@ impl Connector {
                 Ok(ip) => vec![ip],
                 Err(_) => match self.dns.ip(host).await {
                     Ok(ips) => ips,
-                    Err(source) => {
+                    Err(cause) => {
                         last_dns_error = Some(ConnectError::Dns {
                             host: host.clone(),
-                            source,
+                            cause,
                         });
                         continue;
                     }

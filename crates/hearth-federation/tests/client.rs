@@ -62,7 +62,7 @@ fn client(config: &FederationConfig, dns: &Arc<FakeDns>) -> FederationClient {
 /// The connection-level error inside a federation error.
 fn connect_error(result: Result<Value, FederationError>) -> ConnectError {
     match result {
-        Err(FederationError::Connect { source, .. }) => source,
+        Err(FederationError::Connect { cause, .. }) => cause,
         other => panic!("expected a connection error, got {other:?}"),
     }
 }
@@ -70,10 +70,10 @@ fn connect_error(result: Result<Value, FederationError>) -> ConnectError {
 /// The rustls error behind a TLS failure.
 fn tls_cause(error: &ConnectError) -> &rustls::Error {
     match error {
-        ConnectError::Tls { source, .. } => source
+        ConnectError::Tls { cause, .. } => cause
             .get_ref()
             .and_then(|e| e.downcast_ref::<rustls::Error>())
-            .unwrap_or_else(|| panic!("not a rustls error: {source:?}")),
+            .unwrap_or_else(|| panic!("not a rustls error: {cause:?}")),
         other => panic!("expected a TLS error, got {other:?}"),
     }
 }
