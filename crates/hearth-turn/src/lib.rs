@@ -42,4 +42,6 @@ pub enum TurnError {
     },
     #[error("turn: TLS: {0}")]
     Tls(String),
+    #[error("turn: starting a UDP worker: {0}")]
+    Worker(std::io::Error),
 }

@@ -377,10 +377,7 @@ async fn client_to_relay(shared: Arc<Shared>, five: FiveTuple, socket: Arc<UdpSo
                 if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
                     allocation = shared.table.get(&five);
                 }
-                match &allocation {
-                    Some(allocation) => relay_channel_data(&shared, allocation, data, &relayed),
-                    None => stats::dropped(stats::Drop::NoAllocation),
-                }
+                relay_channel_data(&shared, allocation.as_deref(), data, &relayed);
             });
         });
     }
@@ -419,10 +416,7 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
                         cache.insert(client, a.clone());
                     }),
                 };
-                match allocation {
-                    Some(allocation) => relay_channel_data(&shared, &allocation, data, &relayed),
-                    None => stats::dropped(stats::Drop::NoAllocation),
-                }
+                relay_channel_data(&shared, allocation.as_deref(), data, &relayed);
             });
         });
         if pruned.elapsed() > Duration::from_secs(1) {
@@ -432,8 +426,18 @@ async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAd
     }
 }
 
-/// Relays a ChannelData message from a client to its channel's peer.
-fn relay_channel_data(shared: &Shared, allocation: &Allocation, data: &[u8], relayed: &Relayed) {
+/// Relays a ChannelData message from a client to its channel's peer; from
+/// a client without an allocation it is dropped.
+fn relay_channel_data(
+    shared: &Shared,
+    allocation: Option<&Allocation>,
+    data: &[u8],
+    relayed: &Relayed,
+) {
+    let Some(allocation) = allocation else {
+        stats::dropped(stats::Drop::NoAllocation);
+        return;
+    };
     if let Some((peer, payload)) = shared.channel_target(allocation, data)
         && send_now(&allocation.relay, payload, peer)
     {
@@ -471,7 +475,8 @@ fn handle_stun(
 #[derive(Debug)]
 pub struct Server {
     pub(crate) shared: Arc<Shared>,
-    udp: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
+    /// Per worker, one socket for every UDP listener address.
+    udp: Vec<Vec<(SocketAddr, std::net::UdpSocket)>>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
     tls_cert: Option<Arc<ServerCert>>,
@@ -545,7 +550,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let mut udp = Vec::new();
+        let mut udp: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
         for &addr in &config.udp {
             // Port 0 must resolve to one port shared by all the workers.
             let Some(first) =
@@ -558,18 +563,19 @@ impl Server {
                 addr,
                 source,
             })?;
-            let mut sockets = vec![first];
-            for _ in 1..workers {
-                sockets.push(udp_socket(local, true, LISTENER_BUFFER).map_err(|source| {
-                    TurnError::Bind {
+            udp[0].push((local, first));
+            for worker in &mut udp[1..] {
+                let socket =
+                    udp_socket(local, true, LISTENER_BUFFER).map_err(|source| TurnError::Bind {
                         what: "udp",
                         addr,
                         source,
-                    }
-                })?);
+                    })?;
+                worker.push((local, socket));
             }
-            udp.push((local, sockets));
         }
+        // No UDP listener: no worker threads either.
+        udp.retain(|sockets| !sockets.is_empty());
         let mut tcp = Vec::new();
         for &addr in &config.tcp {
             tcp.extend(optional_bind(addr, "tcp", || tcp_listener(addr))?);
@@ -607,7 +613,11 @@ impl Server {
     pub fn local_addrs(&self) -> LocalAddrs {
         let addr = |l: &std::net::TcpListener| l.local_addr().ok();
         LocalAddrs {
-            udp: self.udp.iter().map(|(a, _)| *a).collect(),
+            udp: self
+                .udp
+                .first()
+                .map(|sockets| sockets.iter().map(|(a, _)| *a).collect())
+                .unwrap_or_default(),
             tcp: self.tcp.iter().filter_map(addr).collect(),
             tls: self.tls.iter().filter_map(addr).collect(),
         }
@@ -646,27 +656,18 @@ impl Server {
         // packet wakes another thread or waits on a shared run queue.
         let (stop_udp, udp_stopped) = tokio::sync::watch::channel(false);
         let mut udp_threads = Vec::new();
-        for (i, sockets) in udp_per_worker(self.udp).into_iter().enumerate() {
-            let bind_error = |addr, source| TurnError::Bind {
-                what: "udp",
-                addr,
-                source,
-            };
-            let any = SocketAddr::from(([0, 0, 0, 0], 0));
+        for (i, sockets) in self.udp.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| bind_error(any, e))?;
+                .map_err(TurnError::Worker)?;
             let sockets = {
                 let _registering = runtime.enter();
                 sockets
                     .into_iter()
-                    .map(|(local, socket)| {
-                        register(socket)
-                            .map(|s| (local, Arc::new(s)))
-                            .map_err(|e| bind_error(local, e))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
+                    .map(|(local, socket)| Ok((local, Arc::new(register(socket)?))))
+                    .collect::<io::Result<Vec<_>>>()
+                    .map_err(TurnError::Worker)?
             };
             let shared = shared.clone();
             let mut stopped = udp_stopped.clone();
@@ -682,7 +683,7 @@ impl Server {
                     // Dropping the runtime ends every task on it, the
                     // allocations' included.
                 })
-                .map_err(|e| bind_error(any, e))?;
+                .map_err(TurnError::Worker)?;
             udp_threads.push(thread);
         }
         let tls = self.tls_cert.as_ref().map(stream::tls_acceptor);
@@ -726,23 +727,6 @@ impl Server {
         stats::set_allocations(0);
         Ok(())
     }
-}
-
-/// The listener sockets regrouped by worker: the i-th socket of every
-/// address goes to worker i.
-fn udp_per_worker(
-    udp: Vec<(SocketAddr, Vec<std::net::UdpSocket>)>,
-) -> Vec<Vec<(SocketAddr, std::net::UdpSocket)>> {
-    let mut workers: Vec<Vec<_>> = Vec::new();
-    for (local, sockets) in udp {
-        for (i, socket) in sockets.into_iter().enumerate() {
-            if workers.len() <= i {
-                workers.push(Vec::new());
-            }
-            workers[i].push((local, socket));
-        }
-    }
-    workers
 }
 
 /// Where a bound [`Server`] listens.
