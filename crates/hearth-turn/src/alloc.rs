@@ -3,15 +3,15 @@
 //! The table is sharded so lookups from different cores rarely meet on a
 //! lock, and listener workers keep their own cache of it besides. Each
 //! allocation's mutable state (permissions, channels, lifetime, bandwidth)
-//! sits behind its own lock, touched only by the worker reading its
-//! client and the task reading its relay socket.
+//! sits behind its own lock, touched by whatever reads its client and its
+//! relay socket: for a UDP client, one worker thread; for a TCP or TLS
+//! client, that connection's task and the relay socket's.
 
 use crate::stun::TransactionId;
-use crate::udp::UdpSocket;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -253,7 +253,8 @@ impl Allocation {
     }
 
     /// Ties a task to the allocation: it is aborted when the allocation
-    /// goes.
+    /// goes. (A UDP worker instead drops a dead allocation's sockets on
+    /// its next tick.)
     pub(crate) fn add_task(&self, task: AbortHandle) {
         lock(&self.tasks).push(task);
     }

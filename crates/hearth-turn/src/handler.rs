@@ -20,6 +20,13 @@ const UDP: u8 = 17;
 #[derive(Debug)]
 pub(crate) enum Outcome<'a> {
     Reply(Vec<u8>),
+    /// A new allocation, with the success response: the transport starts
+    /// reading its sockets and publishes it (`Shared::publish`), then
+    /// sends the response.
+    Allocated {
+        reply: Vec<u8>,
+        allocation: Arc<Allocation>,
+    },
     /// A Send indication's payload, for the relay socket.
     Relay {
         allocation: Arc<Allocation>,
@@ -342,10 +349,10 @@ fn allocate<'a>(
         response.clone(),
         state,
     ));
-    shared.start_relay(allocation);
-    stats::allocation_created(five.transport.label());
-    stats::set_allocations(shared.table.len());
-    Outcome::Reply(response)
+    Outcome::Allocated {
+        reply: response,
+        allocation,
+    }
 }
 
 fn refresh<'a>(

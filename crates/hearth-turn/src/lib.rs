@@ -20,6 +20,7 @@ mod stun;
 #[cfg(test)]
 mod tests;
 mod udp;
+mod worker;
 
 pub use auth::{Credentials, rest_credentials, rest_password};
 pub use config::Config;

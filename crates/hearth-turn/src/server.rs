@@ -2,27 +2,28 @@
 //!
 //! Each UDP listener address is opened once per worker with SO_REUSEPORT,
 //! so the kernel spreads clients over sockets by 4-tuple and every core
-//! reads its own socket. A worker is a thread with a runtime of its own: a
-//! client's Allocate lands on one worker, whose runtime then runs the
-//! allocation's tasks (reading its relay socket and its socket connected to
-//! the client), so a relayed packet never crosses threads. TCP and TLS
-//! clients are served on the main runtime.
+//! reads its own socket. A worker ([`crate::worker`]) is a thread with an
+//! epoll loop of its own: a client's Allocate lands on one worker, which
+//! then reads the allocation's sockets too (its relay socket and its socket
+//! connected to the client), so a relayed packet never crosses threads. TCP
+//! and TLS clients are served on the main runtime.
 
-use crate::alloc::{Allocation, ClientLink, FiveTuple, Table, Transport, lock};
+use crate::alloc::{Allocation, ClientLink, FiveTuple, Table, lock};
 use crate::auth::Authenticator;
 use crate::config::{Config, RelayAddr};
-use crate::handler::{self, Outcome};
 use crate::policy::PeerPolicy;
-use crate::stats::{self, Relayed};
+use crate::stats;
 use crate::stun::{self, Builder, Class, attr, method};
-use crate::udp::{HEADROOM, UdpSocket, register, with_batch};
+use crate::udp::HEADROOM;
+use crate::worker::Worker;
 use crate::{TurnError, stream};
 use hearth_core::tls::ServerCert;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -32,9 +33,6 @@ use tokio::task::JoinSet;
 /// `net.core.rmem_max` / `wmem_max`).
 const LISTENER_BUFFER: usize = 4 << 20;
 const RELAY_BUFFER: usize = 256 << 10;
-/// How often a client's own socket checks whether it still serves an
-/// allocation (see [`client_to_relay`]).
-const CLIENT_LINGER: Duration = Duration::from_secs(30);
 /// RFC 8656 §14.9: an EVEN-PORT reservation is held at least 30 s.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 const REALM_FALLBACK: &str = "hearth";
@@ -53,7 +51,7 @@ pub(crate) struct Shared {
     pub(crate) table: Table,
     pub(crate) log_client_ips: bool,
     /// EVEN-PORT R-bit reservations: token → (socket, advertised, expiry).
-    reservations: Mutex<HashMap<u64, (std::net::UdpSocket, SocketAddr, Instant)>>,
+    reservations: Mutex<HashMap<u64, (UdpSocket, SocketAddr, Instant)>>,
 }
 
 fn random_u64() -> u64 {
@@ -62,11 +60,7 @@ fn random_u64() -> u64 {
     u64::from_be_bytes(b)
 }
 
-fn udp_socket(
-    addr: SocketAddr,
-    reuse_port: bool,
-    buffer: usize,
-) -> io::Result<std::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // So `[::]:3478` and `0.0.0.0:3478` can both be bound.
@@ -131,7 +125,6 @@ impl Shared {
             } else {
                 None
             };
-            let socket = register(socket).ok()?;
             return Some((
                 Arc::new(socket),
                 SocketAddr::new(relay.advertised, port),
@@ -150,7 +143,6 @@ impl Shared {
         if expires <= Instant::now() {
             return None;
         }
-        let socket = register(socket).ok()?;
         Some((Arc::new(socket), advertised, None))
     }
 
@@ -160,23 +152,31 @@ impl Shared {
     /// it, so each client has its own receive buffer and reader, and one
     /// busy client cannot overflow the listener that every newcomer shares.
     /// A client that allocates again over that socket keeps it. When that
-    /// socket cannot be made, the listener's serves.
-    pub(crate) fn client_link(self: &Arc<Self>, five: FiveTuple, link: &ClientLink) -> ClientLink {
+    /// socket cannot be made, the listener's serves. The worker that
+    /// handled the Allocate reads the new socket.
+    pub(crate) fn client_link(&self, five: FiveTuple, link: &ClientLink) -> ClientLink {
         if let ClientLink::Udp(_) = link
             && let Ok(socket) = connected_udp(five.server, five.client)
         {
-            let socket = Arc::new(socket);
-            tokio::spawn(client_to_relay(self.clone(), five, socket.clone()));
-            return ClientLink::Connected(socket);
+            return ClientLink::Connected(Arc::new(socket));
         }
         link.clone()
     }
 
-    /// Starts the allocation's relay task, then makes it visible.
-    pub(crate) fn start_relay(self: &Arc<Self>, allocation: Arc<Allocation>) {
-        let task = tokio::spawn(relay_to_client(self.clone(), allocation.clone()));
-        allocation.add_task(task.abort_handle());
+    /// Drops a new allocation whose sockets could not be read, and its
+    /// quota slot; its success response is never sent, so the client's
+    /// retransmission tries again.
+    pub(crate) fn abandon(&self, allocation: &Allocation, error: &io::Error) {
+        tracing::warn!(%error, "TURN allocation abandoned: its sockets cannot be read");
+        self.table.release(&allocation.quota_user);
+    }
+
+    /// Makes a new allocation visible, once its sockets are being read.
+    pub(crate) fn publish(&self, allocation: Arc<Allocation>) {
+        let transport = allocation.five.transport.label();
         self.table.insert(allocation);
+        stats::allocation_created(transport);
+        stats::set_allocations(self.table.len());
     }
 
     /// Whether client data may go to `peer` now: a live permission (and,
@@ -243,61 +243,45 @@ impl Shared {
 /// Sends a datagram now or not at all: a full send buffer drops it, as the
 /// network would, so nothing waits for writability (see [`crate::udp`]).
 pub(crate) fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
-    socket.get_ref().send_to(data, to).is_ok()
+    socket.send_to(data, to).is_ok()
 }
 
 /// Sends a frame to the client without waiting: a client that does not
 /// keep up loses relayed data, as it would over UDP.
-fn to_client(link: &ClientLink, client: SocketAddr, frame: &[u8]) -> bool {
+pub(crate) fn to_client(link: &ClientLink, client: SocketAddr, frame: &[u8]) -> bool {
     match link {
         ClientLink::Udp(socket) => send_now(socket, frame, client),
         // No address: the kernel then uses the socket's cached route.
-        ClientLink::Connected(socket) => socket.get_ref().send(frame).is_ok(),
+        ClientLink::Connected(socket) => socket.send(frame).is_ok(),
         ClientLink::Stream(tx) => tx.try_send(frame.to_vec()).is_ok(),
     }
 }
 
-/// Reads one allocation's relay socket and forwards what its permissions
-/// let through: as ChannelData when the peer has a channel, else as a
-/// Data indication (RFC 8656 §11.3, §12.6).
-async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
-    let relayed = Relayed::to_client();
-    loop {
-        let Ok(mut ready) = allocation.relay.readable().await else {
-            return;
-        };
-        with_batch(|batch| {
-            batch.drain(&mut ready, |buf, n, peer| {
-                if let Some(peer) = peer {
-                    forward_to_client(&shared, &allocation, buf, n, peer, &relayed);
-                }
-            });
-        });
-    }
-}
-
-fn forward_to_client(
+/// Forwards a datagram from `peer`, read into `buf` at `HEADROOM` with
+/// length `n`, to the allocation's client if its permissions let it
+/// through: as ChannelData when the peer has a channel, else as a Data
+/// indication (RFC 8656 §11.3, §12.6). Returns whether it was sent.
+pub(crate) fn forward_to_client(
     shared: &Shared,
     allocation: &Allocation,
     buf: &mut [u8],
     n: usize,
     peer: SocketAddr,
-    relayed: &Relayed,
-) {
+) -> bool {
     let now = Instant::now();
     let channel = {
         let mut state = lock(&allocation.state);
         if state.permission(peer.ip(), now).is_none() {
             drop(state);
             stats::dropped(stats::Drop::NoPermission);
-            return;
+            return false;
         }
         if let Some(bucket) = &mut state.bucket
             && !bucket.take(n, now)
         {
             drop(state);
             stats::dropped(stats::Drop::Bandwidth);
-            return;
+            return false;
         }
         state.channel_by_peer(peer, now).map(|c| c.number)
     };
@@ -324,151 +308,31 @@ fn forward_to_client(
             to_client(&allocation.link, allocation.five.client, &frame)
         }
     };
-    if sent {
-        relayed.add(n);
-    }
     if shared.log_client_ips {
         tracing::trace!(client = %allocation.five.client, %peer, bytes = n, "relayed to client");
     }
+    sent
 }
 
 fn connected_udp(local: SocketAddr, client: SocketAddr) -> io::Result<UdpSocket> {
     let socket = udp_socket(local, true, RELAY_BUFFER)?;
     socket.connect(client)?;
-    register(socket)
-}
-
-/// Reads a client's own socket: ChannelData for its allocation, and STUN
-/// handled as the listener would, without awaiting.
-///
-/// The socket outlives the allocation by up to two `CLIENT_LINGER`s, while
-/// it is read: until it is closed the kernel delivers the client's
-/// datagrams to it, so a request that races the allocation's deletion, or a
-/// new Allocate, is answered rather than lost unread.
-async fn client_to_relay(shared: Arc<Shared>, five: FiveTuple, socket: Arc<UdpSocket>) {
-    let relayed = Relayed::to_peer();
-    let link = ClientLink::Connected(socket.clone());
-    let mut allocation: Option<Arc<Allocation>> = None;
-    // One timer for the reader's life, reset rather than made per read.
-    let linger = tokio::time::sleep(CLIENT_LINGER);
-    tokio::pin!(linger);
-    loop {
-        let ready = tokio::select! {
-            biased;
-            ready = socket.readable() => ready,
-            () = &mut linger => {
-                if shared.table.get(&five).is_none() {
-                    return;
-                }
-                linger.as_mut().reset(tokio::time::Instant::now() + CLIENT_LINGER);
-                continue;
-            }
-        };
-        let Ok(mut ready) = ready else {
-            return;
-        };
-        with_batch(|batch| {
-            batch.drain(&mut ready, |buf, n, _| {
-                let data = &buf[HEADROOM..HEADROOM + n];
-                if n < 4 || !stun::is_channel_data(data[0]) {
-                    handle_stun(&shared, data, five, &link, &relayed);
-                    return;
-                }
-                if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
-                    allocation = shared.table.get(&five);
-                }
-                relay_channel_data(&shared, allocation.as_deref(), data, &relayed);
-            });
-        });
-    }
-}
-
-/// One UDP listener socket's loop.
-async fn udp_worker(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
-    let link = ClientLink::Udp(socket.clone());
-    let relayed = Relayed::to_peer();
-    // This worker's view of the table: with SO_REUSEPORT the same client
-    // always lands here, so it is looked up in the shared table once.
-    let mut cache: HashMap<SocketAddr, Arc<Allocation>> = HashMap::new();
-    let mut pruned = Instant::now();
-    loop {
-        let Ok(mut ready) = socket.readable().await else {
-            return;
-        };
-        with_batch(|batch| {
-            batch.drain(&mut ready, |buf, n, client| {
-                let Some(client) = client else {
-                    return;
-                };
-                let data = &buf[HEADROOM..HEADROOM + n];
-                let five = FiveTuple {
-                    transport: Transport::Udp,
-                    client,
-                    server: local,
-                };
-                if n < 4 || !stun::is_channel_data(data[0]) {
-                    handle_stun(&shared, data, five, &link, &relayed);
-                    return;
-                }
-                let allocation = match cache.get(&client) {
-                    Some(a) if a.is_alive() => Some(a.clone()),
-                    _ => shared.table.get(&five).inspect(|a| {
-                        cache.insert(client, a.clone());
-                    }),
-                };
-                relay_channel_data(&shared, allocation.as_deref(), data, &relayed);
-            });
-        });
-        if pruned.elapsed() > Duration::from_secs(1) {
-            cache.retain(|_, a| a.is_alive());
-            pruned = Instant::now();
-        }
-    }
+    Ok(socket)
 }
 
 /// Relays a ChannelData message from a client to its channel's peer; from
-/// a client without an allocation it is dropped.
-fn relay_channel_data(
+/// a client without an allocation it is dropped. Returns the bytes sent.
+pub(crate) fn relay_channel_data(
     shared: &Shared,
     allocation: Option<&Allocation>,
     data: &[u8],
-    relayed: &Relayed,
-) {
+) -> Option<usize> {
     let Some(allocation) = allocation else {
         stats::dropped(stats::Drop::NoAllocation);
-        return;
+        return None;
     };
-    if let Some((peer, payload)) = shared.channel_target(allocation, data)
-        && send_now(&allocation.relay, payload, peer)
-    {
-        relayed.add(payload.len());
-    }
-}
-
-/// Handles a STUN message from a UDP client: the answer goes back over
-/// `link`, a Send indication's data to its peer.
-fn handle_stun(
-    shared: &Arc<Shared>,
-    data: &[u8],
-    five: FiveTuple,
-    link: &ClientLink,
-    relayed: &Relayed,
-) {
-    match handler::handle(shared, data, five, link) {
-        Outcome::Reply(reply) => {
-            to_client(link, five.client, &reply);
-        }
-        Outcome::Relay {
-            allocation,
-            peer,
-            data,
-        } => {
-            if send_now(&allocation.relay, data, peer) {
-                relayed.add(data.len());
-            }
-        }
-        Outcome::Nothing => {}
-    }
+    let (peer, payload) = shared.channel_target(allocation, data)?;
+    send_now(&allocation.relay, payload, peer).then_some(payload.len())
 }
 
 /// A running TURN server's sockets, bound but not yet served.
@@ -476,7 +340,7 @@ fn handle_stun(
 pub struct Server {
     pub(crate) shared: Arc<Shared>,
     /// Per worker, one socket for every UDP listener address.
-    udp: Vec<Vec<(SocketAddr, std::net::UdpSocket)>>,
+    udp: Vec<Vec<(SocketAddr, UdpSocket)>>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
     tls_cert: Option<Arc<ServerCert>>,
@@ -651,39 +515,20 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), TurnError> {
         let shared = self.shared;
         let mut tasks = JoinSet::new();
-        // Each UDP worker is a thread with a runtime of its own: an
-        // allocation's tasks run where its Allocate was handled, and no
-        // packet wakes another thread or waits on a shared run queue.
-        let (stop_udp, udp_stopped) = tokio::sync::watch::channel(false);
+        // Each UDP worker is a thread with an epoll loop of its own: an
+        // allocation's sockets are read where its Allocate was handled, and
+        // no packet wakes another thread or waits on a shared run queue.
+        // Each stops when its end of `stops` closes.
+        let mut stops = Vec::new();
         let mut udp_threads = Vec::new();
         for (i, sockets) in self.udp.into_iter().enumerate() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(TurnError::Worker)?;
-            let sockets = {
-                let _registering = runtime.enter();
-                sockets
-                    .into_iter()
-                    .map(|(local, socket)| Ok((local, Arc::new(register(socket)?))))
-                    .collect::<io::Result<Vec<_>>>()
-                    .map_err(TurnError::Worker)?
-            };
-            let shared = shared.clone();
-            let mut stopped = udp_stopped.clone();
+            let (stop, stopped) = UnixStream::pair().map_err(TurnError::Worker)?;
+            let worker = Worker::new(shared.clone(), sockets, stopped).map_err(TurnError::Worker)?;
             let thread = std::thread::Builder::new()
                 .name(format!("turn-udp-{i}"))
-                .spawn(move || {
-                    runtime.block_on(async move {
-                        for (local, socket) in sockets {
-                            tokio::spawn(udp_worker(shared.clone(), socket, local));
-                        }
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    });
-                    // Dropping the runtime ends every task on it, the
-                    // allocations' included.
-                })
+                .spawn(move || worker.run())
                 .map_err(TurnError::Worker)?;
+            stops.push(stop);
             udp_threads.push(thread);
         }
         let tls = self.tls_cert.as_ref().map(stream::tls_acceptor);
@@ -716,7 +561,7 @@ impl Server {
         });
         shutdown.await;
         tasks.shutdown().await;
-        let _ = stop_udp.send(true);
+        drop(stops);
         let _ = tokio::task::spawn_blocking(move || {
             for thread in udp_threads {
                 let _ = thread.join();

@@ -53,8 +53,8 @@ pub(crate) fn set_allocations(n: usize) {
     gauge!("turn_allocations").set(n as f64);
 }
 
-/// Relay counters for one direction, fetched once per task so the hot
-/// path pays an atomic add, not a registry lookup.
+/// Relay counters for one direction, fetched once per task or worker so
+/// the hot path pays at most an atomic add, not a registry lookup.
 #[derive(Debug, Clone)]
 pub(crate) struct Relayed {
     packets: Counter,
@@ -79,6 +79,13 @@ impl Relayed {
     pub(crate) fn add(&self, bytes: usize) {
         self.packets.increment(1);
         self.bytes.increment(bytes as u64);
+    }
+
+    pub(crate) fn add_many(&self, packets: u64, bytes: u64) {
+        if packets > 0 {
+            self.packets.increment(packets);
+            self.bytes.increment(bytes);
+        }
     }
 }
 

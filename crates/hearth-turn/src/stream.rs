@@ -5,9 +5,10 @@
 use crate::TurnError;
 use crate::alloc::{Allocation, ClientLink, FiveTuple, Transport};
 use crate::handler::{self, Outcome};
-use crate::server::{Shared, send_now};
+use crate::server::{Shared, forward_to_client, relay_channel_data, send_now};
 use crate::stats::{self, Relayed};
 use crate::stun;
+use crate::udp::{AsyncUdpSocket, register, with_batch};
 use hearth_core::tls::{ServerCert, TlsFiles};
 use std::path::Path;
 use std::sync::Arc;
@@ -171,14 +172,8 @@ async fn read_frames<R: AsyncRead>(
             if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
                 allocation = shared.table.get(&five);
             }
-            let Some(a) = &allocation else {
-                stats::dropped(stats::Drop::NoAllocation);
-                continue;
-            };
-            if let Some((peer, payload)) = shared.channel_target(a, &frame)
-                && send_now(&a.relay, payload, peer)
-            {
-                relayed.add(payload.len());
+            if let Some(bytes) = relay_channel_data(shared, allocation.as_deref(), &frame) {
+                relayed.add(bytes);
             }
             continue;
         }
@@ -187,8 +182,19 @@ async fn read_frames<R: AsyncRead>(
                 if tx.send(reply).await.is_err() {
                     return;
                 }
-                if allocation.is_none() {
-                    allocation = shared.table.get(&five);
+            }
+            Outcome::Allocated {
+                reply,
+                allocation: a,
+            } => {
+                if let Err(e) = start_relay(shared, &a) {
+                    shared.abandon(&a, &e);
+                    continue;
+                }
+                shared.publish(a.clone());
+                allocation = Some(a);
+                if tx.send(reply).await.is_err() {
+                    return;
                 }
             }
             Outcome::Relay {
@@ -202,6 +208,37 @@ async fn read_frames<R: AsyncRead>(
             }
             Outcome::Nothing => {}
         }
+    }
+}
+
+/// Starts the task that reads a stream allocation's relay socket; it ends
+/// with the allocation.
+fn start_relay(shared: &Arc<Shared>, allocation: &Arc<Allocation>) -> std::io::Result<()> {
+    let socket = register(allocation.relay.clone())?;
+    let task = tokio::spawn(relay_to_client(
+        shared.clone(),
+        allocation.clone(),
+        socket,
+    ));
+    allocation.add_task(task.abort_handle());
+    Ok(())
+}
+
+async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>, socket: AsyncUdpSocket) {
+    let relayed = Relayed::to_client();
+    loop {
+        let Ok(mut ready) = socket.readable().await else {
+            return;
+        };
+        with_batch(|batch| {
+            batch.drain(&mut ready, |buf, n, peer| {
+                if let Some(peer) = peer
+                    && forward_to_client(&shared, &allocation, buf, n, peer)
+                {
+                    relayed.add(n);
+                }
+            });
+        });
     }
 }
 

@@ -1,30 +1,33 @@
-//! UDP sockets as the relay uses them: registered with the runtime for
-//! reading only, and read a batch at a time with `recvmmsg`.
+//! UDP sockets as the relay reads them: a batch at a time with
+//! `recvmmsg`, by a UDP worker's epoll loop ([`crate::worker`]) or, for a
+//! TCP or TLS client's relay socket, by a task that registers it with the
+//! runtime for reading only.
 //!
 //! Sends go straight to the socket and a full buffer drops the datagram,
 //! as the network would; so nothing ever waits for writability, and
 //! registering for it would only make every send raise an epoll event
 //! (the kernel signals write space as each sent datagram is freed) that
-//! the runtime then wakes for and discards.
+//! would wake the reader for nothing.
 //!
 //! Under load a batch saves calls. At ordinary call rates each read finds
 //! one datagram, and a batch that comes back short shows the queue is
-//! empty, so the socket is marked not ready without a read that would only
+//! empty, so the socket is taken as drained without a read that would only
 //! return `EAGAIN`; that read is cheap, and sparing it alone measured no
 //! saving (decision 0005).
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
-/// A non-blocking UDP socket registered for reading only.
-pub(crate) type UdpSocket = AsyncFd<StdUdpSocket>;
+/// A relay socket registered with the runtime for reading only.
+pub(crate) type AsyncUdpSocket = AsyncFd<Arc<UdpSocket>>;
 
 /// Registers `socket` (non-blocking) with the current runtime.
-pub(crate) fn register(socket: StdUdpSocket) -> io::Result<UdpSocket> {
+pub(crate) fn register(socket: Arc<UdpSocket>) -> io::Result<AsyncUdpSocket> {
     // Deprecated as unsound for inner types whose descriptor can change
     // while registered (tokio#8587). A std socket's cannot, and this crate
     // never takes `get_mut`; the sound replacement is `unsafe`, which the
@@ -34,7 +37,7 @@ pub(crate) fn register(socket: StdUdpSocket) -> io::Result<UdpSocket> {
 }
 
 /// Datagrams per `recvmmsg`.
-const BATCH: usize = 16;
+pub(crate) const BATCH: usize = 16;
 /// The largest UDP payload, so nothing is truncated.
 const MAX_DATAGRAM: usize = 65_535;
 /// Room in front of each datagram for a ChannelData header.
@@ -42,8 +45,8 @@ pub(crate) const HEADROOM: usize = 4;
 /// Room behind it for ChannelData padding over streams.
 const TAILROOM: usize = 3;
 
-/// Buffers and headers for one batch. Large (a megabyte), so each runtime
-/// thread keeps one for every socket it reads; see [`with_batch`].
+/// Buffers and headers for one batch. Large (a megabyte), so each worker
+/// and each runtime thread keeps one for every socket it reads.
 pub(crate) struct Batch {
     headers: MultiHeaders<SockaddrStorage>,
     buffers: [Box<[u8]>; BATCH],
@@ -54,14 +57,14 @@ thread_local! {
     static BATCH_TL: std::cell::RefCell<Batch> = std::cell::RefCell::new(Batch::new());
 }
 
-/// Runs `f` with this thread's batch. `f` must not await, so no batch is
-/// held across a suspension point.
+/// Runs `f` with this runtime thread's batch. `f` must not await, so no
+/// batch is held across a suspension point.
 pub(crate) fn with_batch<R>(f: impl FnOnce(&mut Batch) -> R) -> R {
     BATCH_TL.with_borrow_mut(f)
 }
 
 impl Batch {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             headers: MultiHeaders::preallocate(BATCH, None),
             buffers: std::array::from_fn(|_| {
@@ -72,8 +75,7 @@ impl Batch {
     }
 
     /// Reads what the socket `ready` guards has queued, up to one batch,
-    /// and calls `each` with each datagram's buffer (the datagram at
-    /// `HEADROOM..HEADROOM + len`), its length and its source. When the
+    /// and calls `each` with each datagram ([`Batch::datagram`]). When the
     /// batch comes back short, the socket's readiness is cleared, so the
     /// caller next awaits `readable()`.
     ///
@@ -82,7 +84,7 @@ impl Batch {
     /// (a new readiness tick), which the clearing cannot erase.
     pub(crate) fn drain(
         &mut self,
-        ready: &mut AsyncFdReadyGuard<'_, StdUdpSocket>,
+        ready: &mut AsyncFdReadyGuard<'_, Arc<UdpSocket>>,
         mut each: impl FnMut(&mut [u8], usize, Option<SocketAddr>),
     ) {
         // An error other than WouldBlock (an ICMP unreachable queued on a
@@ -91,8 +93,8 @@ impl Batch {
         let _ = ready.try_io(|socket| {
             let count = self.receive(socket.get_ref())?;
             for i in 0..count {
-                let (len, from) = self.received[i];
-                each(&mut self.buffers[i], len, from);
+                let (buf, len, from) = self.datagram(i);
+                each(buf, len, from);
             }
             if count < BATCH {
                 // Short: the queue is empty now.
@@ -102,8 +104,17 @@ impl Batch {
         });
     }
 
-    /// One `recvmmsg`; fills `received` and returns how many arrived.
-    fn receive(&mut self, socket: &StdUdpSocket) -> io::Result<usize> {
+    /// The `i`th datagram of the last [`Batch::receive`]: its buffer (the
+    /// datagram at `HEADROOM..HEADROOM + len`, with room around it to
+    /// frame it in place), its length and its source.
+    pub(crate) fn datagram(&mut self, i: usize) -> (&mut [u8], usize, Option<SocketAddr>) {
+        let (len, from) = self.received[i];
+        (&mut self.buffers[i], len, from)
+    }
+
+    /// One `recvmmsg`; returns how many datagrams arrived, at most
+    /// [`BATCH`]: fewer means the socket's queue is empty.
+    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let mut slices = self
             .buffers
             .each_mut()
@@ -138,17 +149,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn pair() -> (UdpSocket, StdUdpSocket, SocketAddr) {
-        let server = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    fn pair() -> (AsyncUdpSocket, UdpSocket, SocketAddr) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         server.set_nonblocking(true).unwrap();
         let to = server.local_addr().unwrap();
-        let server = register(server).unwrap();
-        let client = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = register(Arc::new(server)).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         (server, client, to)
     }
 
     /// Reads one ready batch, as the relay loops do.
-    async fn read(server: &UdpSocket) -> Vec<(u8, usize, Option<SocketAddr>)> {
+    async fn read(server: &AsyncUdpSocket) -> Vec<(u8, usize, Option<SocketAddr>)> {
         let mut seen = Vec::new();
         let mut ready = tokio::time::timeout(Duration::from_secs(5), server.readable())
             .await
