@@ -523,7 +523,8 @@ impl Server {
         let mut udp_threads = Vec::new();
         for (i, sockets) in self.udp.into_iter().enumerate() {
             let (stop, stopped) = UnixStream::pair().map_err(TurnError::Worker)?;
-            let worker = Worker::new(shared.clone(), sockets, stopped).map_err(TurnError::Worker)?;
+            let worker =
+                Worker::new(shared.clone(), sockets, stopped).map_err(TurnError::Worker)?;
             let thread = std::thread::Builder::new()
                 .name(format!("turn-udp-{i}"))
                 .spawn(move || worker.run())

@@ -215,11 +215,7 @@ async fn read_frames<R: AsyncRead>(
 /// with the allocation.
 fn start_relay(shared: &Arc<Shared>, allocation: &Arc<Allocation>) -> std::io::Result<()> {
     let socket = register(allocation.relay.clone())?;
-    let task = tokio::spawn(relay_to_client(
-        shared.clone(),
-        allocation.clone(),
-        socket,
-    ));
+    let task = tokio::spawn(relay_to_client(shared.clone(), allocation.clone(), socket));
     allocation.add_task(task.abort_handle());
     Ok(())
 }

@@ -508,6 +508,32 @@ async fn allocating_again_after_deletion_relays() {
     }
 }
 
+/// A deleted allocation's relay port is given back: the UDP worker that
+/// read it closes it at its next tick, so churn cannot drain the range.
+#[tokio::test]
+async fn a_deleted_allocation_frees_its_relay_port() {
+    let server = start(config());
+    let mut c = Client::udp(server.udp, rest_user("@alice:test", 60)).await;
+    let relayed = c.allocate().await;
+    assert!(
+        std::net::UdpSocket::bind(relayed).is_err(),
+        "held while allocated"
+    );
+    let r = c
+        .request(method::REFRESH, |b| {
+            b.u32(attr::LIFETIME, 0);
+        })
+        .await;
+    assert_eq!(r.class(), Class::Success);
+    tokio::time::timeout(WAIT, async {
+        while std::net::UdpSocket::bind(relayed).is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the relay port is free again");
+}
+
 /// Per-user and total quotas answer 486 (RFC 8656 §7.2 step 10).
 #[tokio::test]
 async fn quotas_answer_486() {

@@ -213,7 +213,7 @@ impl Worker {
         // thread that reads with it.
         let mut batch = Batch::new();
         let mut next_tick = Instant::now() + TICK;
-        loop {
+        'serving: loop {
             let wait = if self.again.is_empty() {
                 // Rounded up, so the tick is never waited for in a spin.
                 let left = next_tick.saturating_duration_since(Instant::now());
@@ -233,8 +233,7 @@ impl Worker {
             let tokens = events[..ready].iter().map(|e| e.data() as usize);
             for token in tokens.chain(again) {
                 if !self.serve(&mut batch, token) {
-                    self.tally.publish(&to_peer, &to_client);
-                    return;
+                    break 'serving;
                 }
             }
             let now = Instant::now();
