@@ -376,6 +376,8 @@ impl Worker {
                 self.registry.free.push(token);
             }
         }
+        let entries = &self.entries;
+        self.again.retain(|&token| entries[token].is_some());
     }
 }
 
