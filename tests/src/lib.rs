@@ -886,10 +886,7 @@ pub fn synapse_python() -> PathBuf {
     if let Some(python) = env::var_os(SYNAPSE_PYTHON_VAR).filter(|p| !p.is_empty()) {
         return python.into();
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace root")
-        .join("target/peers/synapse/bin/python");
+    let venv = hearth_testkit::workspace_root().join("target/peers/synapse/bin/python");
     assert!(
         venv.is_file(),
         "{SYNAPSE_PYTHON_VAR} is not set and there is no virtualenv at {}: run the suite with \
@@ -1205,10 +1202,7 @@ pub fn sydent_python() -> PathBuf {
     if let Some(python) = env::var_os(SYDENT_PYTHON_VAR).filter(|p| !p.is_empty()) {
         return python.into();
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace root")
-        .join("target/peers/sydent/bin/python");
+    let venv = hearth_testkit::workspace_root().join("target/peers/sydent/bin/python");
     assert!(
         venv.is_file(),
         "{SYDENT_PYTHON_VAR} is not set and there is no virtualenv at {}: run the suite with \

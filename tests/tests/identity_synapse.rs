@@ -24,7 +24,7 @@
 //! plain-HTTP Synapse through a federation override.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -686,7 +686,7 @@ fn synapse_msisdn_delegation_adds_a_phone_number() {
 /// and the SMS code for the script, as a person would.
 #[test]
 fn element_flows_through_matrix_js_sdk() {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("js");
+    let js = hearth_testkit::workspace_root().join("tests/js");
     assert!(
         js.join("node_modules/matrix-js-sdk/package.json").is_file(),
         "matrix-js-sdk is not installed in {}: run `cargo xtask test`, or `npm ci` there",

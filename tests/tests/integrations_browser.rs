@@ -46,10 +46,7 @@ const HARNESS_HTML: &str = include_str!("../browser/harness.html");
 const HARNESS_JS: &str = include_str!("../browser/harness.js");
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace root")
-        .to_owned()
+    hearth_testkit::workspace_root()
 }
 
 /// Debian's Chromium (`HEARTH_TEST_CHROMIUM` to use another) and

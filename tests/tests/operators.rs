@@ -23,10 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the workspace root")
-        .to_path_buf()
+    hearth_testkit::workspace_root()
 }
 
 /// A path the suite was given in `var`, which `cargo xtask test` sets.

@@ -14,6 +14,23 @@ pub use mail::Mail;
 pub use response::TestResponse;
 pub use smtp::{SmtpCapture, python};
 
+use std::path::{Path, PathBuf};
+
+/// The workspace's root, found upward from the package directory of the
+/// running test, which cargo and nextest set at run time. A test binary
+/// built in another checkout that shares the target directory (as CI's
+/// cache does) has that checkout's path compiled in, and cargo does not
+/// rebuild it when only the path changes; so the compiled-in path is only
+/// the fallback.
+pub fn workspace_root() -> PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    package
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or(package.clone(), Path::to_path_buf)
+}
+
 /// The terms most service tests configure: one policy, `privacy_policy`
 /// version 1, in English, named `name`, at `url`.
 pub fn privacy_policy(name: &str, url: &str) -> hearth_auth::TermsConfig {

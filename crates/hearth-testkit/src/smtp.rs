@@ -17,10 +17,7 @@ pub fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("HEARTH_TEST_PYTHON").filter(|p| !p.is_empty()) {
         return python.into();
     }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/peers/python/bin/python"
-    ))
+    crate::workspace_root().join("target/peers/python/bin/python")
 }
 
 #[derive(Debug)]
