@@ -1,7 +1,7 @@
-//! UDP sockets as the relay reads them: a batch at a time with
-//! `recvmmsg`, by a UDP worker's epoll loop ([`crate::worker`]) or, for a
-//! TCP or TLS client's relay socket, by a task that registers it with the
-//! runtime for reading only.
+//! UDP sockets as the relay reads them: by a UDP worker's epoll loop
+//! ([`crate::worker`]), a batch at a time with `recvmmsg` or one datagram
+//! at a time, or, for a TCP or TLS client's relay socket, by a task that
+//! registers it with the runtime for reading only.
 //!
 //! Sends go straight to the socket and a full buffer drops the datagram,
 //! as the network would; so nothing ever waits for writability, and
@@ -110,6 +110,17 @@ impl Batch {
     pub(crate) fn datagram(&mut self, i: usize) -> (&mut [u8], usize, Option<SocketAddr>) {
         let (len, from) = self.received[i];
         (&mut self.buffers[i], len, from)
+    }
+
+    /// One datagram, with a plain `recvfrom`: where one is all a socket
+    /// usually holds, `recvmmsg` costs more (1.18 µs against 0.77 µs for
+    /// one datagram on this VM, measured in C), and more than the read
+    /// that would only return `EAGAIN` (together 1.04 µs).
+    pub(crate) fn receive_one(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let (len, from) =
+            socket.recv_from(&mut self.buffers[0][HEADROOM..HEADROOM + MAX_DATAGRAM])?;
+        self.received[0] = (len, Some(from));
+        Ok(1)
     }
 
     /// One `recvmmsg`; returns how many datagrams arrived, at most

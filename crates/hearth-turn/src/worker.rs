@@ -3,15 +3,20 @@
 //! It reads its own socket of each UDP listener (SO_REUSEPORT spreads
 //! clients over the workers by 4-tuple) and the sockets of every
 //! allocation made through them: the relay socket, and the socket
-//! connected to the client. Each readiness event is served in place, a
-//! `recvmmsg` batch and the sends it causes, with no task to wake or poll:
+//! connected to the client. Each readiness event is served in place, the
+//! reads and the sends they cause, with no task to wake or poll:
 //! a runtime's readiness and task machinery was most of what the relay
 //! spent in user space (decision 0005).
 //!
-//! Sockets are registered edge-triggered. One that fills a batch is read
+//! A listener, which every new client shares, is registered edge-triggered
+//! and read a `recvmmsg` batch at a time: one that fills a batch is read
 //! again before the thread next sleeps, after the other ready sockets had
 //! their turn; one that comes back short is drained, and its next datagram
-//! raises a new edge.
+//! raises a new edge. An allocation's sockets carry one flow each and
+//! mostly hold a single datagram when ready, so they are registered
+//! level-triggered and read one datagram per readiness: cheaper than a
+//! batch or a second read to see the queue empty, and what is left is
+//! reported again by the next wait.
 
 use crate::alloc::{Allocation, ClientLink, FiveTuple, Transport};
 use crate::handler::{self, Outcome};
@@ -132,10 +137,14 @@ impl Registry {
                 .epoll
                 .add(stream, EpollEvent::new(EpollFlags::EPOLLIN, token as u64)),
             other => match other.socket() {
-                Some(socket) => self.epoll.add(
-                    socket,
-                    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, token as u64),
-                ),
+                Some(socket) => {
+                    let flags = if matches!(other, Entry::Listener { .. }) {
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLET
+                    } else {
+                        EpollFlags::EPOLLIN
+                    };
+                    self.epoll.add(socket, EpollEvent::new(flags, token as u64))
+                }
                 None => Err(Errno::EINVAL),
             },
         };
@@ -259,26 +268,35 @@ impl Worker {
         let Some(Some(entry)) = entries.get_mut(token) else {
             return true;
         };
-        if let Entry::Relay(allocation) = entry
-            && !allocation.is_alive()
-        {
-            // Deleted; its socket closes at the next tick.
-            return true;
-        }
         let Some(socket) = entry.socket() else {
             return false;
         };
-        let count = match batch.receive(socket) {
+        if let Entry::Relay(allocation) = &*entry
+            && !allocation.is_alive()
+        {
+            // Deleted: no longer read, and closed at the next tick.
+            let _ = registry.epoll.delete(socket.as_fd());
+            return true;
+        }
+        let listener = matches!(entry, Entry::Listener { .. });
+        let received = if listener {
+            batch.receive(socket)
+        } else {
+            batch.receive_one(socket)
+        };
+        let count = match received {
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             // Another error (an ICMP unreachable on a connected socket) is
             // reported once, and what is queued behind it is read next.
             Err(_) => {
-                again.push(token);
+                if listener {
+                    again.push(token);
+                }
                 return true;
             }
         };
-        if count == BATCH {
+        if listener && count == BATCH {
             again.push(token);
         }
         for i in 0..count {
