@@ -255,8 +255,9 @@ impl Worker {
         self.tally.publish(&to_peer, &to_client);
     }
 
-    /// Reads one batch from the entry `token` and handles it. Returns
-    /// false once the server stops.
+    /// Reads the entry `token` (a batch from a listener, a datagram from an
+    /// allocation's socket) and handles what came. Returns false once the
+    /// server stops.
     fn serve(&mut self, batch: &mut Batch, token: usize) -> bool {
         let Self {
             shared,
