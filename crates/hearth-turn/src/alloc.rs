@@ -306,6 +306,19 @@ impl Table {
         lock(self.shard(five)).get(five).cloned()
     }
 
+    /// The live allocation for `five`, through a reader's `cached` copy,
+    /// which is looked up again only once it has died.
+    pub(crate) fn current<'a>(
+        &self,
+        cached: &'a mut Option<Arc<Allocation>>,
+        five: &FiveTuple,
+    ) -> Option<&'a Allocation> {
+        if !cached.as_ref().is_some_and(|a| a.is_alive()) {
+            *cached = self.get(five);
+        }
+        cached.as_deref()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }

@@ -8,7 +8,7 @@
 //! connected to the client), so a relayed packet never crosses threads. TCP
 //! and TLS clients are served on the main runtime.
 
-use crate::alloc::{Allocation, ClientLink, FiveTuple, Table, lock};
+use crate::alloc::{Allocation, ClientLink, FiveTuple, State, Table, lock};
 use crate::auth::Authenticator;
 use crate::config::{Config, RelayAddr};
 use crate::policy::PeerPolicy;
@@ -181,6 +181,7 @@ impl Shared {
 
     /// Whether client data may go to `peer` now: a live permission (and,
     /// for this server's own addresses, a relay port) and bandwidth left.
+    /// Counts a refusal.
     pub(crate) fn may_send(
         &self,
         allocation: &Allocation,
@@ -188,27 +189,34 @@ impl Shared {
         len: usize,
         now: Instant,
     ) -> bool {
-        let mut state = lock(&allocation.state);
+        let verdict = self.admit(&mut lock(&allocation.state), peer, len, now);
+        verdict.map_err(stats::dropped).is_ok()
+    }
+
+    /// [`Shared::may_send`] under the caller's lock of the state; the
+    /// refusal is returned, to be counted once the lock is released.
+    fn admit(
+        &self,
+        state: &mut State,
+        peer: SocketAddr,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), stats::Drop> {
         match state.permission(peer.ip(), now) {
             Some(p) if !p.relay_ports_only || self.is_relay_port(peer.port()) => {}
-            _ => {
-                drop(state);
-                stats::dropped(stats::Drop::NoPermission);
-                return false;
-            }
+            _ => return Err(stats::Drop::NoPermission),
         }
         if let Some(bucket) = &mut state.bucket
             && !bucket.take(len, now)
         {
-            drop(state);
-            stats::dropped(stats::Drop::Bandwidth);
-            return false;
+            return Err(stats::Drop::Bandwidth);
         }
-        true
+        Ok(())
     }
 
     /// The peer and payload of a ChannelData message from a client, if it
-    /// may be relayed (RFC 8656 §12.5).
+    /// may be relayed (RFC 8656 §12.5). One lock of the state serves the
+    /// channel lookup and the checks.
     pub(crate) fn channel_target<'a>(
         &self,
         allocation: &Allocation,
@@ -218,12 +226,15 @@ impl Shared {
         let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
         let payload = data.get(4..4 + len)?;
         let now = Instant::now();
-        let peer = {
-            let state = lock(&allocation.state);
-            state.channel_by_number(number, now)?.peer
+        let verdict = {
+            let mut state = lock(&allocation.state);
+            let peer = state.channel_by_number(number, now)?.peer;
+            self.admit(&mut state, peer, len, now).map(|()| peer)
         };
-        self.may_send(allocation, peer, len, now)
-            .then_some((peer, payload))
+        verdict
+            .map_err(stats::dropped)
+            .ok()
+            .map(|peer| (peer, payload))
     }
 
     #[cfg(test)]

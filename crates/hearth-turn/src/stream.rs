@@ -169,10 +169,8 @@ async fn read_frames<R: AsyncRead>(
             return;
         }
         if stun::is_channel_data(header[0]) {
-            if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
-                allocation = shared.table.get(&five);
-            }
-            if let Some(bytes) = relay_channel_data(shared, allocation.as_deref(), &frame) {
+            let current = shared.table.current(&mut allocation, &five);
+            if let Some(bytes) = relay_channel_data(shared, current, &frame) {
                 relayed.add(bytes);
             }
             continue;

@@ -225,6 +225,15 @@ impl Client {
         r.xor(attr::XOR_RELAYED_ADDRESS).unwrap()
     }
 
+    /// A Refresh with lifetime 0, which deletes the allocation (RFC 8656
+    /// §7.3).
+    async fn delete(&mut self) -> Response {
+        self.request(method::REFRESH, |b| {
+            b.u32(attr::LIFETIME, 0);
+        })
+        .await
+    }
+
     async fn permit(&mut self, peers: &[SocketAddr]) -> Response {
         self.request(method::CREATE_PERMISSION, |b| {
             for p in peers {
@@ -469,11 +478,7 @@ async fn lifetimes_follow_rfc_8656() {
             .await;
         assert_eq!(r.msg().get_u32(attr::LIFETIME), Some(granted), "{asked:?}");
     }
-    let r = c
-        .request(method::REFRESH, |b| {
-            b.u32(attr::LIFETIME, 0);
-        })
-        .await;
+    let r = c.delete().await;
     assert_eq!(r.msg().get_u32(attr::LIFETIME), Some(0));
     let (_, peer_addr) = peer().await;
     assert_eq!(c.permit(&[peer_addr]).await.code(), Some(437));
@@ -491,11 +496,7 @@ async fn allocating_again_after_deletion_relays() {
     c.allocate().await;
     let (peer, peer_addr) = peer().await;
     for round in 0..3 {
-        let r = c
-            .request(method::REFRESH, |b| {
-                b.u32(attr::LIFETIME, 0);
-            })
-            .await;
+        let r = c.delete().await;
         assert_eq!(r.class(), Class::Success, "round {round}");
         assert_eq!(c.permit(&[peer_addr]).await.code(), Some(437));
         let relayed = c.allocate().await;
@@ -519,11 +520,7 @@ async fn a_deleted_allocation_frees_its_relay_port() {
         std::net::UdpSocket::bind(relayed).is_err(),
         "held while allocated"
     );
-    let r = c
-        .request(method::REFRESH, |b| {
-            b.u32(attr::LIFETIME, 0);
-        })
-        .await;
+    let r = c.delete().await;
     assert_eq!(r.class(), Class::Success);
     tokio::time::timeout(WAIT, async {
         while std::net::UdpSocket::bind(relayed).is_err() {

@@ -339,10 +339,8 @@ impl Worker {
                         handle_stun(shared, data, *five, link, registry, tally);
                         continue;
                     }
-                    if !allocation.as_ref().is_some_and(|a| a.is_alive()) {
-                        *allocation = shared.table.get(five);
-                    }
-                    if let Some(bytes) = relay_channel_data(shared, allocation.as_deref(), data) {
+                    let allocation = shared.table.current(allocation, five);
+                    if let Some(bytes) = relay_channel_data(shared, allocation, data) {
                         tally.sent_to_peer(bytes);
                     }
                 }
